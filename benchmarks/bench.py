@@ -1,0 +1,1109 @@
+#!/usr/bin/env python3
+"""Benchmark together_lite against the stdlib floor and peer SDKs.
+
+Run from anywhere (stdlib only, Python 3.8+, POSIX, needs the `openssl` CLI):
+
+    python3 benchmarks/bench.py                  # full run, a few minutes
+    python3 benchmarks/bench.py --quick          # small sizes, for development
+    python3 benchmarks/bench.py --only 3,6 --clients together_lite,httpclient
+    python3 benchmarks/bench.py --json results.json
+
+Peer SDKs are looked up in virtualenvs under $PEERS (default /tmp/peers, see
+benchmarks/setup_peers.sh): together1 (together 1.6), together3 (together
+3.x) and openai. A missing venv, or a together_lite that does not import yet,
+is skipped with a note.
+
+Everything happens on 127.0.0.1. A server process (started by this script)
+serves fixed Together-style chat completion responses over HTTP/1.1
+keep-alive: plain HTTP, HTTPS with a throwaway CA made by `openssl`, HTTPS
+that sleeps 20 ms after accepting each new connection, and an asyncio server
+that answers after 0.1 s. Each client's workload runs in its own subprocess
+(`bench.py --worker CLIENT WORKLOAD key=value...`) under that client's
+interpreter, and reports its timings as JSON. Timed loops are repeated 3
+times, each after one untimed warm-up call, and the median is reported.
+
+Columns:
+    together_lite      this project, imported from the repo root
+    http.client floor  one kept-alive http.client connection, json.dumps of
+                       the request and json.loads of the response (streams:
+                       json.loads of each `data: ` line until [DONE])
+    urlopen            urllib.request.urlopen, one connection per call
+    together 1.6, together 3.x, openai   the peer SDKs
+
+Rows:
+    1. import   import of the client module in a fresh process (median of 7)
+    2. cold     fresh process: import + construct the client + one chat call
+    3. http     500 sequential non-streaming chat calls over HTTP, one client
+    4. https    200 sequential chat calls over HTTPS (certificate verified)
+    5. slow     50 sequential HTTPS calls; the server sleeps 20 ms before
+                serving each new connection, standing in for the handshake
+                cost of a real network (rewards keep-alive)
+    6. stream   consume one 20,000-chunk chat stream (stream=True)
+    7. async    256 concurrent async calls that take 0.1 s of server time
+                each (floor: the 0.1 s itself; urlopen: the default executor)
+    8. rss      peak RSS of the process that ran row 3
+"""
+
+from __future__ import annotations
+
+# Only cheap modules at the top: workers time their own imports, so nothing
+# a client needs may be imported before the clock starts.
+import os
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ssl
+    from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_MARKER = "BENCH_RESULT "
+
+API_KEY = "bench-key"
+MODEL = "m"
+MESSAGES = [{"role": "user", "content": "hi"}]
+MAX_TOKENS = 16
+CLIENT_TIMEOUT = 60.0
+WORKER_TIMEOUT = 600.0
+
+SLOW_ACCEPT_DELAY = 0.02  # row 5: server sleep per new connection
+ASYNC_SERVER_DELAY = 0.1  # row 7: server time per request
+STREAM_WRITE_SIZE = 64 * 1024  # row 6: bytes per server write
+
+FULL_SIZES = {
+    "import_reps": 7,
+    "cold_reps": 5,
+    "runs": 3,
+    "http_calls": 500,
+    "https_calls": 200,
+    "slow_calls": 50,
+    "stream_chunks": 20000,
+    "async_calls": 256,
+}
+QUICK_SIZES = dict(
+    FULL_SIZES,
+    import_reps=3,
+    cold_reps=3,
+    http_calls=50,
+    https_calls=20,
+    slow_calls=10,
+    stream_chunks=2000,
+    async_calls=64,
+)
+
+CLIENTS = ["together_lite", "httpclient", "urllib", "together1", "together3", "openai"]
+CLIENT_TITLES = {
+    "together_lite": "together_lite",
+    "httpclient": "http.client floor",
+    "urllib": "urlopen",
+    "together1": "together 1.6",
+    "together3": "together 3.x",
+    "openai": "openai",
+}
+PEER_VENVS = {"together1": "together1", "together3": "together3", "openai": "openai"}
+IMPORT_STATEMENTS = {
+    "together_lite": "from together_lite import Together",
+    "httpclient": "import http.client",
+    "urllib": "import urllib.request, ssl",
+    "together1": "from together import Together",
+    "together3": "from together import Together",
+    "openai": "from openai import OpenAI",
+}
+
+ROWS = ["import", "cold", "http", "https", "slow", "stream", "async", "rss"]
+
+
+def row_label(row: str, sizes: Dict[str, int]) -> str:
+    """The table's first column for ROW, with its unit."""
+    labels = {
+        "import": "1. import (ms)",
+        "cold": "2. cold start: import + client + 1 call (ms)",
+        "http": "3. {http_calls} calls, HTTP (ms)",
+        "https": "4. {https_calls} calls, HTTPS (ms)",
+        "slow": "5. {slow_calls} calls, HTTPS, 20 ms per new connection (ms)",
+        "stream": "6. {stream_chunks:,}-chunk stream (ms)",
+        "async": "7. {async_calls} concurrent async calls, 0.1 s each (ms)",
+        "rss": "8. peak RSS, {http_calls} HTTP calls (MiB)",
+    }
+    return labels[row].format(**sizes)
+
+
+# ---------------------------------------------------------------------------
+# Clients: one adapter per library, all with the same small interface.
+# ---------------------------------------------------------------------------
+
+
+class Target:
+    """Where a worker sends requests: a base URL and, for HTTPS, a CA file."""
+
+    def __init__(self, url: str, cafile: Optional[str] = None) -> None:
+        self.url = url.rstrip("/")
+        self.cafile = cafile or None
+        scheme, _, hostport = self.url.partition("://")
+        host, _, port = hostport.partition(":")
+        self.is_https = scheme == "https"
+        self.host = host
+        self.port = int(port)
+
+    def ssl_context(self) -> Optional[ssl.SSLContext]:
+        """A verifying client context trusting only the bench CA (None for HTTP)."""
+        if not self.is_https:
+            return None
+        import ssl
+
+        return ssl.create_default_context(cafile=self.cafile)
+
+
+def chat_payload(stream: bool = False, max_tokens: int = MAX_TOKENS) -> Dict[str, Any]:
+    payload = {"model": MODEL, "messages": MESSAGES, "max_tokens": max_tokens}  # type: Dict[str, Any]
+    if stream:
+        payload["stream"] = True
+    return payload
+
+
+class SdkSession:
+    """Adapts an SDK client (together_lite, together, openai) to the workloads."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def chat(self) -> None:
+        response = self.client.chat.completions.create(**chat_payload())
+        response.choices[0].message.content
+
+    def stream(self, chunks: int) -> int:
+        received = 0
+        for chunk in self.client.chat.completions.create(**chat_payload(True, chunks)):
+            if chunk.choices and chunk.choices[0].delta.content is not None:
+                received += 1
+        return received
+
+    def close(self) -> None:
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            close()
+
+
+class HttpClientFloor:
+    """The stdlib floor: one kept-alive http.client connection."""
+
+    def __init__(self, target: Target) -> None:
+        import http.client
+        import json
+
+        self.json = json
+        if target.is_https:
+            self.conn = http.client.HTTPSConnection(
+                target.host, target.port, timeout=CLIENT_TIMEOUT, context=target.ssl_context()
+            )  # type: http.client.HTTPConnection
+        else:
+            self.conn = http.client.HTTPConnection(target.host, target.port, timeout=CLIENT_TIMEOUT)
+        self.headers = {"Content-Type": "application/json", "Authorization": "Bearer " + API_KEY}
+
+    def _post(self, payload: Dict[str, Any]) -> Any:
+        body = self.json.dumps(payload).encode()
+        self.conn.request("POST", "/v1/chat/completions", body=body, headers=self.headers)
+        response = self.conn.getresponse()
+        if response.status != 200:
+            raise RuntimeError("HTTP %d" % response.status)
+        return response
+
+    def chat(self) -> None:
+        data = self.json.loads(self._post(chat_payload()).read())
+        data["choices"][0]["message"]["content"]
+
+    def stream(self, chunks: int) -> int:
+        response = self._post(chat_payload(True, chunks))
+        received = _read_sse(response, self.json.loads)
+        response.read()  # the terminating chunk, so the connection stays usable
+        return received
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class UrllibFloor:
+    """urllib.request.urlopen: a new connection for every call."""
+
+    def __init__(self, target: Target) -> None:
+        import json
+        import ssl  # noqa: F401  (part of what a urllib HTTPS user imports)
+        import urllib.request
+
+        self.json = json
+        self.request = urllib.request
+        self.url = target.url + "/v1/chat/completions"
+        self.context = target.ssl_context()
+        self.headers = {"Content-Type": "application/json", "Authorization": "Bearer " + API_KEY}
+
+    def _open(self, payload: Dict[str, Any]) -> Any:
+        request = self.request.Request(
+            self.url, data=self.json.dumps(payload).encode(), headers=self.headers, method="POST"
+        )
+        return self.request.urlopen(request, timeout=CLIENT_TIMEOUT, context=self.context)
+
+    def chat(self) -> None:
+        with self._open(chat_payload()) as response:
+            data = self.json.loads(response.read())
+        data["choices"][0]["message"]["content"]
+
+    def stream(self, chunks: int) -> int:
+        with self._open(chat_payload(True, chunks)) as response:
+            return _read_sse(response, self.json.loads)
+
+    def close(self) -> None:
+        pass
+
+
+def _read_sse(lines: Any, loads: Callable[[bytes], Any]) -> int:
+    """Count the content deltas of an SSE chat stream, stopping at [DONE]."""
+    received = 0
+    for line in lines:
+        if not line.startswith(b"data: "):
+            continue
+        data = line[6:].strip()
+        if data == b"[DONE]":
+            break
+        if loads(data)["choices"][0]["delta"].get("content") is not None:
+            received += 1
+    return received
+
+
+def open_together_lite(target: Target) -> SdkSession:
+    sys.path.insert(0, REPO_ROOT)
+    from together_lite import Together
+
+    return SdkSession(
+        Together(
+            api_key=API_KEY,
+            base_url=target.url + "/v1",
+            max_retries=0,
+            timeout=CLIENT_TIMEOUT,
+            ssl_context=target.ssl_context(),
+        )
+    )
+
+
+def open_together1(target: Target) -> SdkSession:
+    if target.cafile:  # requests has no per-client CA option that together 1.x exposes
+        os.environ["REQUESTS_CA_BUNDLE"] = target.cafile
+    from together import Together
+
+    return SdkSession(
+        Together(api_key=API_KEY, base_url=target.url + "/v1", max_retries=0, timeout=CLIENT_TIMEOUT)
+    )
+
+
+def open_together3(target: Target) -> SdkSession:
+    import together
+
+    http_client = together.DefaultHttpxClient(verify=target.ssl_context()) if target.is_https else None
+    # together 3.x puts /v1 into its request paths, so the base URL has none.
+    return SdkSession(
+        together.Together(
+            api_key=API_KEY,
+            base_url=target.url,
+            max_retries=0,
+            timeout=CLIENT_TIMEOUT,
+            http_client=http_client,
+        )
+    )
+
+
+def open_openai(target: Target) -> SdkSession:
+    import openai
+
+    http_client = openai.DefaultHttpxClient(verify=target.ssl_context()) if target.is_https else None
+    return SdkSession(
+        openai.OpenAI(
+            api_key=API_KEY,
+            base_url=target.url + "/v1",
+            max_retries=0,
+            timeout=CLIENT_TIMEOUT,
+            http_client=http_client,
+        )
+    )
+
+
+SYNC_OPENERS = {
+    "together_lite": open_together_lite,
+    "httpclient": HttpClientFloor,
+    "urllib": UrllibFloor,
+    "together1": open_together1,
+    "together3": open_together3,
+    "openai": open_openai,
+}  # type: Dict[str, Callable[[Target], Any]]
+
+
+def async_together_lite(target: Target) -> Any:
+    sys.path.insert(0, REPO_ROOT)
+    from together_lite import AsyncTogether
+
+    return AsyncTogether(
+        api_key=API_KEY, base_url=target.url + "/v1", max_retries=0, timeout=CLIENT_TIMEOUT
+    )
+
+
+def async_together1(target: Target) -> Any:
+    from together import AsyncTogether
+
+    return AsyncTogether(
+        api_key=API_KEY, base_url=target.url + "/v1", max_retries=0, timeout=CLIENT_TIMEOUT
+    )
+
+
+def async_together3(target: Target) -> Any:
+    from together import AsyncTogether
+
+    return AsyncTogether(api_key=API_KEY, base_url=target.url, max_retries=0, timeout=CLIENT_TIMEOUT)
+
+
+def async_openai(target: Target) -> Any:
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(
+        api_key=API_KEY, base_url=target.url + "/v1", max_retries=0, timeout=CLIENT_TIMEOUT
+    )
+
+
+ASYNC_OPENERS = {
+    "together_lite": async_together_lite,
+    "together1": async_together1,
+    "together3": async_together3,
+    "openai": async_openai,
+}  # type: Dict[str, Callable[[Target], Any]]
+
+
+# ---------------------------------------------------------------------------
+# Worker side: one workload of one client, timings printed as JSON.
+# ---------------------------------------------------------------------------
+
+
+def peak_rss_kib() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024.0 if sys.platform == "darwin" else float(peak)  # bytes on macOS
+
+
+def time_cold_start(client: str, target: Target) -> float:
+    """Seconds from before the import to after the first chat call."""
+    start = time.perf_counter()
+    session = SYNC_OPENERS[client](target)
+    session.chat()
+    elapsed = time.perf_counter() - start
+    session.close()
+    return elapsed
+
+
+def time_sequential(client: str, target: Target, calls: int, runs: int) -> List[float]:
+    """RUNS timings of CALLS sequential chat calls, each on a fresh warmed-up client."""
+    times = []
+    for _ in range(runs):
+        session = SYNC_OPENERS[client](target)
+        session.chat()  # warm-up: imports, connection
+        start = time.perf_counter()
+        for _ in range(calls):
+            session.chat()
+        times.append(time.perf_counter() - start)
+        session.close()
+    return times
+
+
+def time_stream(client: str, target: Target, chunks: int, runs: int) -> List[float]:
+    """RUNS timings of consuming one CHUNKS-chunk stream."""
+    times = []
+    for _ in range(runs):
+        session = SYNC_OPENERS[client](target)
+        session.stream(MAX_TOKENS)  # warm-up: a short stream
+        start = time.perf_counter()
+        received = session.stream(chunks)
+        times.append(time.perf_counter() - start)
+        session.close()
+        if received != chunks:
+            raise RuntimeError("received %d of %d chunks" % (received, chunks))
+    return times
+
+
+def time_async(client: str, target: Target, calls: int, runs: int) -> List[float]:
+    """RUNS timings of CALLS concurrent async chat calls."""
+    import asyncio
+
+    run_once = _async_urllib_run if client == "urllib" else _async_sdk_run
+    return [asyncio.run(run_once(client, target, calls)) for _ in range(runs)]
+
+
+async def _async_sdk_run(client: str, target: Target, calls: int) -> float:
+    import asyncio
+
+    sdk = ASYNC_OPENERS[client](target)
+
+    async def one_call() -> None:
+        response = await sdk.chat.completions.create(**chat_payload())
+        response.choices[0].message.content
+
+    try:
+        await one_call()  # warm-up
+        start = time.perf_counter()
+        await asyncio.gather(*(one_call() for _ in range(calls)))
+        return time.perf_counter() - start
+    finally:
+        close = getattr(sdk, "close", None)
+        if close is not None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+
+async def _async_urllib_run(client: str, target: Target, calls: int) -> float:
+    import asyncio
+
+    session = UrllibFloor(target)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, session.chat)  # warm-up, default executor
+    start = time.perf_counter()
+    await asyncio.gather(*(loop.run_in_executor(None, session.chat) for _ in range(calls)))
+    return time.perf_counter() - start
+
+
+def worker_main(argv: List[str]) -> None:
+    """`--worker CLIENT WORKLOAD url=... [cafile=...] [count=N] [runs=N]`.
+
+    Arguments are plain strings (not JSON) so that nothing a client needs is
+    imported before a cold start's clock starts.
+    """
+    client, workload = argv[0], argv[1]
+    params = dict(arg.split("=", 1) for arg in argv[2:])
+    target = Target(params["url"], params.get("cafile"))
+    count, runs = int(params.get("count", "1")), int(params.get("runs", "1"))
+    result = {}  # type: Dict[str, Any]
+    if workload == "cold":
+        result["samples"] = [time_cold_start(client, target)]
+    elif workload == "seq":
+        result["samples"] = time_sequential(client, target, count, runs)
+        result["rss_kib"] = peak_rss_kib()
+    elif workload == "stream":
+        result["samples"] = time_stream(client, target, count, runs)
+    elif workload == "async":
+        result["samples"] = time_async(client, target, count, runs)
+    else:
+        raise SystemExit("unknown workload " + workload)
+    import json
+
+    print(RESULT_MARKER + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Server side: runs in its own process (`bench.py --serve TLS_DIR`).
+# ---------------------------------------------------------------------------
+
+CHAT_RESPONSE = {
+    "id": "8f5a9c1e2b3d4f60-SJC",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": MODEL,
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }
+    ],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 9, "total_tokens": 20},
+}
+
+
+def stream_body(chunks: int) -> bytes:
+    """A Together-style SSE chat stream of CHUNKS content chunks, then [DONE]."""
+    import json
+
+    def event(finish_reason: Optional[str], usage: Optional[Dict[str, int]]) -> bytes:
+        chunk = {
+            "id": "8f5a9c1e2b3d4f61-SJC",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": " tok"},
+                    "finish_reason": finish_reason,
+                    "logprobs": None,
+                }
+            ],
+        }  # type: Dict[str, Any]
+        if usage is not None:
+            chunk["usage"] = usage
+        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+    usage = {"prompt_tokens": 11, "completion_tokens": chunks, "total_tokens": chunks + 11}
+    middle = event(None, None)
+    return middle * (chunks - 1) + event("stop", usage) + b"data: [DONE]\n\n"
+
+
+def chunked_pieces(body: bytes, size: int = STREAM_WRITE_SIZE) -> List[bytes]:
+    """BODY split into writes of SIZE bytes, framed for Transfer-Encoding: chunked."""
+    pieces = []
+    for start in range(0, len(body), size):
+        piece = body[start : start + size]
+        pieces.append(b"%x\r\n" % len(piece) + piece + b"\r\n")
+    pieces.append(b"0\r\n\r\n")
+    return pieces
+
+
+def make_http_server(tls: Optional[ssl.SSLContext], accept_delay: float) -> Any:
+    """A threaded HTTP/1.1 keep-alive server on 127.0.0.1 (port 0 = any)."""
+    import json
+    import socketserver
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    chat_body = json.dumps(CHAT_RESPONSE).encode()
+    stream_cache = {}  # type: Dict[int, List[bytes]]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        wbufsize = STREAM_WRITE_SIZE  # headers and a small body leave in one send
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = json.loads(self.rfile.read(length) or b"{}")
+            if not self.path.endswith("/chat/completions"):
+                self._send_json(404, b'{"error":{"message":"not found"}}')
+            elif request.get("stream"):
+                self._send_stream(int(request.get("max_tokens") or MAX_TOKENS))
+            else:
+                self._send_json(200, chat_body)
+
+        def _send_json(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _send_stream(self, chunks: int) -> None:
+            if chunks not in stream_cache:
+                stream_cache[chunks] = chunked_pieces(stream_body(chunks))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in stream_cache[chunks]:
+                self.wfile.write(piece)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128
+
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            # Runs on the connection's own thread, so the delay and the TLS
+            # handshake never hold up other connections.
+            if accept_delay:
+                time.sleep(accept_delay)
+            if tls is None:
+                socketserver.TCPServer.finish_request(self, request, client_address)
+                return
+            try:
+                conn = tls.wrap_socket(request, server_side=True)
+            except OSError:
+                return
+            try:
+                socketserver.TCPServer.finish_request(self, conn, client_address)
+            finally:
+                conn.close()
+
+    return Server(("127.0.0.1", 0), Handler)
+
+
+async def _handle_async_connection(reader: Any, writer: Any, response: bytes, delay: float) -> None:
+    """Minimal HTTP/1.1 keep-alive loop: read a request, sleep DELAY, answer."""
+    import asyncio
+
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                await _read_chunked(reader)
+            else:
+                await reader.readexactly(int(headers.get("content-length") or 0))
+            await asyncio.sleep(delay)
+            writer.write(response)
+            await writer.drain()
+            if headers.get("connection", "").lower() == "close" or lines[0].endswith("HTTP/1.0"):
+                break
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _read_chunked(reader: Any) -> None:
+    while True:
+        size = int((await reader.readline()).split(b";")[0], 16)
+        await reader.readexactly(size + 2)
+        if size == 0:
+            return
+
+
+async def _serve_forever(ports: Dict[str, int]) -> None:
+    import asyncio
+    import json
+
+    body = json.dumps(CHAT_RESPONSE).encode()
+    response = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        % len(body)
+    ) + body
+
+    async def handle(reader: Any, writer: Any) -> None:
+        await _handle_async_connection(reader, writer, response, ASYNC_SERVER_DELAY)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+    ports["async"] = server.sockets[0].getsockname()[1]
+    print(json.dumps(ports), flush=True)
+    await asyncio.Event().wait()
+
+
+def serve_main(tls_dir: str) -> None:
+    """`--serve TLS_DIR`: start all servers, print their ports as JSON, serve
+    until standard input closes."""
+    import asyncio
+    import ssl
+    import threading
+
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(os.path.join(tls_dir, "server.pem"), os.path.join(tls_dir, "server.key"))
+    servers = {
+        "http": make_http_server(None, 0.0),
+        "https": make_http_server(tls, 0.0),
+        "slow": make_http_server(tls, SLOW_ACCEPT_DELAY),
+    }
+    for server in servers.values():
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def exit_on_eof() -> None:
+        sys.stdin.read()
+        os._exit(0)
+
+    threading.Thread(target=exit_on_eof, daemon=True).start()
+    ports = {name: server.server_address[1] for name, server in servers.items()}
+    asyncio.run(_serve_forever(ports))
+
+
+def make_tls_files(directory: str) -> str:
+    """A throwaway CA and a server certificate for 127.0.0.1; returns the CA path."""
+    import subprocess
+
+    def openssl(*args: str) -> None:
+        subprocess.run(("openssl",) + args, cwd=directory, check=True, capture_output=True)
+
+    with open(os.path.join(directory, "server.ext"), "w") as ext:
+        ext.write(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth\n"
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            "subjectKeyIdentifier=hash\n"
+            "authorityKeyIdentifier=keyid,issuer\n"
+        )
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=together_lite bench CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext")  # fmt: skip
+    return os.path.join(directory, "ca.pem")
+
+
+# ---------------------------------------------------------------------------
+# Orchestration: start the server, run every (row, client), print the table.
+# ---------------------------------------------------------------------------
+
+
+def median(samples: List[float]) -> float:
+    import statistics
+
+    return statistics.median(samples)
+
+
+def worker_env(pycache: str) -> Dict[str, str]:
+    """The environment for client processes: no proxies, no banner, no
+    base-URL overrides, bytecode cached outside the repository."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    for name in ("TOGETHER_BASE_URL", "OPENAI_BASE_URL", "REQUESTS_CA_BUNDLE", "PYTHONDONTWRITEBYTECODE"):
+        env.pop(name, None)
+    env.update(
+        TOGETHER_NO_BANNER="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        PYTHONPYCACHEPREFIX=pycache,
+    )
+    return env
+
+
+class Runner:
+    """Runs measurements in subprocesses and collects the results."""
+
+    def __init__(self, interpreters: Dict[str, str], sizes: Dict[str, int], ports: Dict[str, int],
+                 cafile: str, env: Dict[str, str]) -> None:  # fmt: skip
+        self.interpreters = interpreters
+        self.sizes = sizes
+        self.ports = ports
+        self.cafile = cafile
+        self.env = env
+
+    def url(self, server: str) -> str:
+        scheme = "https" if server in ("https", "slow") else "http"
+        return "%s://127.0.0.1:%d" % (scheme, self.ports[server])
+
+    def _run(self, client: str, args: List[str]) -> str:
+        import subprocess
+
+        proc = subprocess.run(
+            [self.interpreters[client]] + args,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            timeout=WORKER_TIMEOUT,
+        )
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
+            raise RuntimeError("exit %d: %s" % (proc.returncode, tail))
+        return proc.stdout
+
+    def worker(self, client: str, workload: str, server: str, count: int = 1,
+               runs: int = 1) -> Dict[str, Any]:  # fmt: skip
+        import json
+
+        args = [os.path.abspath(__file__), "--worker", client, workload, "url=" + self.url(server),
+                "count=%d" % count, "runs=%d" % runs]  # fmt: skip
+        if server in ("https", "slow"):
+            args.append("cafile=" + self.cafile)
+        for line in self._run(client, args).splitlines():
+            if line.startswith(RESULT_MARKER):
+                return json.loads(line[len(RESULT_MARKER) :])
+        raise RuntimeError("worker printed no result")
+
+    def import_time(self, client: str) -> List[float]:
+        snippet = (
+            "import sys, time\n"
+            "sys.path.insert(0, %r)\n"
+            "t0 = time.perf_counter()\n"
+            "%s\n"
+            "print(time.perf_counter() - t0)\n" % (REPO_ROOT, IMPORT_STATEMENTS[client])
+        )
+        self._run(client, ["-c", snippet])  # warm-up: bytecode and file caches
+        return [float(self._run(client, ["-c", snippet])) for _ in range(self.sizes["import_reps"])]
+
+    def cold_start(self, client: str) -> List[float]:
+        self.worker(client, "cold", "http")  # warm-up
+        return [
+            self.worker(client, "cold", "http")["samples"][0] for _ in range(self.sizes["cold_reps"])
+        ]
+
+    def measure(self, row: str, client: str, cache: Dict[Tuple[str, str], Any]) -> Dict[str, Any]:
+        """Median and samples of ROW for CLIENT (seconds, or MiB for rss)."""
+        s = self.sizes
+        runs = s["runs"]
+        if row == "import":
+            samples = self.import_time(client)
+        elif row == "cold":
+            samples = self.cold_start(client)
+        elif row in ("http", "rss"):
+            if (client, "http") not in cache:
+                cache[client, "http"] = self.worker(client, "seq", "http", s["http_calls"], runs)
+            result = cache[client, "http"]
+            if row == "rss":
+                return {"median": result["rss_kib"] / 1024.0, "samples": [result["rss_kib"] / 1024.0]}
+            samples = result["samples"]
+        elif row == "https":
+            samples = self.worker(client, "seq", "https", s["https_calls"], runs)["samples"]
+        elif row == "slow":
+            samples = self.worker(client, "seq", "slow", s["slow_calls"], runs)["samples"]
+        elif row == "stream":
+            samples = self.worker(client, "stream", "http", s["stream_chunks"], runs)["samples"]
+        elif row == "async":
+            if client == "httpclient":
+                return {"median": ASYNC_SERVER_DELAY, "samples": [], "note": "server time"}
+            samples = self.worker(client, "async", "async", s["async_calls"], runs)["samples"]
+        else:
+            raise ValueError(row)
+        return {"median": median(samples), "samples": samples}
+
+
+def make_bare_venv(directory: str) -> str:
+    """A venv of this interpreter with nothing installed, so that together_lite
+    and the stdlib floors, like each peer in its own venv, run without
+    whatever the base installation's site-packages would preload."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", directory], check=True)
+    return os.path.join(directory, "bin", "python")
+
+
+def locate_clients(clients: List[str], peers: str, own_python: str) -> Tuple[Dict[str, str], List[str]]:
+    """The interpreter for each usable client, and notes on skipped ones."""
+    import subprocess
+
+    interpreters, notes = {}, []
+    for client in clients:
+        if client in PEER_VENVS:
+            python = os.path.join(peers, PEER_VENVS[client], "bin", "python")
+            if not os.path.exists(python):
+                notes.append("%s skipped: no venv at %s" % (CLIENT_TITLES[client], os.path.dirname(os.path.dirname(python))))
+                continue
+        else:
+            python = own_python
+        if client == "together_lite":
+            check = "import sys; sys.path.insert(0, %r); import together_lite" % REPO_ROOT
+            proc = subprocess.run([python, "-c", check], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            if proc.returncode != 0:
+                last = (proc.stdout.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+                notes.append("together_lite skipped: does not import (%s)" % last)
+                continue
+        interpreters[client] = python
+    return interpreters, notes
+
+
+def describe_interpreters(interpreters: Dict[str, str]) -> List[str]:
+    import subprocess
+
+    lines = []
+    for client, python in interpreters.items():
+        version = subprocess.run(
+            [python, "-c", "import platform; print(platform.python_version())"],
+            stdout=subprocess.PIPE, universal_newlines=True,
+        ).stdout.strip()  # fmt: skip
+        detail = ""
+        if client in PEER_VENVS:
+            dist = "openai" if client == "openai" else "together"
+            detail = " " + dist + " " + subprocess.run(
+                [python, "-c", "from importlib.metadata import version; print(version(%r))" % dist],
+                stdout=subprocess.PIPE, universal_newlines=True,
+            ).stdout.strip()  # fmt: skip
+        lines.append("- %s: Python %s (%s)%s" % (CLIENT_TITLES[client], version, python, detail))
+    return lines
+
+
+def start_server(tls_dir: str) -> Tuple[Any, Dict[str, int]]:
+    import json
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--serve", tls_dir],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True,
+    )  # fmt: skip
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise RuntimeError("server process failed to start")
+    return proc, json.loads(line)
+
+
+def stop_server(proc: Any) -> None:
+    proc.stdin.close()  # the server exits on end of input
+    try:
+        proc.wait(timeout=5)
+    except Exception:
+        proc.kill()
+        proc.wait()
+
+
+def format_value(row: str, value: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
+    if row != "rss":
+        value *= 1000.0  # seconds -> ms
+    if value >= 100:
+        return "{:,.0f}".format(value)
+    if value >= 10:
+        return "{:.1f}".format(value)
+    return "{:.2f}".format(value)
+
+
+def format_ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
+    if numerator is None or not denominator:
+        return "n/a"
+    return "{:.2f}x".format(numerator / denominator)
+
+
+def render_table(rows: List[str], results: Dict[str, Dict[str, Any]], sizes: Dict[str, int]) -> str:
+    header = ["workload"] + [CLIENT_TITLES[c] for c in CLIENTS]
+    header += ["together_lite / floor", "together_lite / together 1.6"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    for row in rows:
+        cells = [row_label(row, sizes)]
+        medians = {}  # type: Dict[str, Optional[float]]
+        for client in CLIENTS:
+            entry = results.get(row, {}).get(client)
+            if entry is None:
+                medians[client] = None
+                cells.append("n/a")
+            elif "error" in entry:
+                medians[client] = None
+                cells.append("error")
+            else:
+                medians[client] = entry["median"]
+                mark = " *" if entry.get("note") else ""
+                cells.append(format_value(row, entry["median"]) + mark)
+        lite = medians["together_lite"]
+        cells.append(format_ratio(lite, medians["httpclient"]))
+        cells.append(format_ratio(lite, medians["together1"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_selection(text: Optional[str], choices: List[str], what: str) -> List[str]:
+    """Comma-separated names (or 1-based numbers) from CHOICES, in CHOICES order."""
+    if not text:
+        return list(choices)
+    picked = set()
+    for item in text.split(","):
+        item = item.strip()
+        if item.isdigit() and 1 <= int(item) <= len(choices):
+            item = choices[int(item) - 1]
+        if item not in choices:
+            raise SystemExit("unknown %s %r (choose from %s)" % (what, item, ", ".join(choices)))
+        picked.add(item)
+    return [c for c in choices if c in picked]
+
+
+def parse_args(argv: Optional[List[str]]) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Benchmark together_lite on 127.0.0.1.")
+    parser.add_argument("--json", metavar="PATH", help="save raw numbers to PATH")
+    parser.add_argument("--only", metavar="ROWS",
+                        help="rows to run, by number or name: " + ",".join(ROWS))  # fmt: skip
+    parser.add_argument("--clients", metavar="LIST",
+                        help="clients to run: " + ",".join(CLIENTS))  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="small sizes, for development")
+    parser.add_argument("--peers", default=os.environ.get("PEERS", "/tmp/peers"),
+                        help="directory of peer venvs (default $PEERS or /tmp/peers)")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import platform
+    import tempfile
+
+    args = parse_args(argv)
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    rows = parse_selection(args.only, ROWS, "row")
+    clients = parse_selection(args.clients, CLIENTS, "client")
+
+    print("# together_lite benchmark")
+    print()
+    print("- Python %s (%s), %s %s, nproc %s" % (
+        platform.python_version(), sys.executable, platform.system(), platform.machine(),
+        os.cpu_count()))  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="together-lite-bench-") as tmp:
+        own_python = make_bare_venv(os.path.join(tmp, "venv"))
+        interpreters, notes = locate_clients(clients, os.path.abspath(args.peers), own_python)
+        for line in describe_interpreters(interpreters):
+            print(line)
+        sys.stdout.flush()
+        results = run_all(rows, interpreters, sizes, tmp)
+
+    print()
+    print(render_table(rows, results, sizes))
+    print()
+    notes.extend(result_notes(rows, interpreters, results, sizes))
+    for note in notes:
+        print("- " + note)
+    if args.json:
+        save_json(args.json, sizes, interpreters, results, notes)
+        print("- raw numbers saved to " + args.json)
+    return 0
+
+
+def run_all(rows: List[str], interpreters: Dict[str, str], sizes: Dict[str, int],
+            tmp: str) -> Dict[str, Dict[str, Any]]:  # fmt: skip
+    """Start the server, measure every (row, client), stop the server."""
+    import tempfile
+
+    results = {}  # type: Dict[str, Dict[str, Any]]
+    cafile = make_tls_files(tmp)
+    server, ports = start_server(tmp)
+    try:
+        env = worker_env(os.path.join(tempfile.gettempdir(), "together-lite-bench-pycache"))
+        runner = Runner(interpreters, sizes, ports, cafile, env)
+        cache = {}  # type: Dict[Tuple[str, str], Any]
+        for row in rows:
+            for client in interpreters:
+                results.setdefault(row, {})[client] = measure_safely(runner, row, client, cache)
+    finally:
+        stop_server(server)
+    return results
+
+
+def result_notes(rows: List[str], interpreters: Dict[str, str],
+                 results: Dict[str, Dict[str, Any]], sizes: Dict[str, int]) -> List[str]:  # fmt: skip
+    notes = []
+    if "async" in rows and "httpclient" in interpreters:
+        notes.append("* http.client floor, row 7: the server time itself (0.1 s), not a measurement")
+    notes.append("medians of %d runs (import: %d processes, cold start: %d processes); "
+                 "ratios below 1 mean together_lite is faster or smaller" % (
+                     sizes["runs"], sizes["import_reps"], sizes["cold_reps"]))  # fmt: skip
+    for client_results in results.values():
+        for client, entry in client_results.items():
+            if "error" in entry:
+                notes.append("error in %s: %s" % (CLIENT_TITLES[client], entry["error"]))
+    return notes
+
+
+def save_json(path: str, sizes: Dict[str, int], interpreters: Dict[str, str],
+              results: Dict[str, Dict[str, Any]], notes: List[str]) -> None:  # fmt: skip
+    import json
+    import platform
+
+    data = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "nproc": os.cpu_count(),
+        "sizes": sizes,
+        "interpreters": interpreters,
+        "results": results,
+        "notes": notes,
+    }
+    with open(path, "w") as out:
+        json.dump(data, out, indent=2)
+
+
+def measure_safely(runner: Runner, row: str, client: str,
+                   cache: Dict[Tuple[str, str], Any]) -> Dict[str, Any]:  # fmt: skip
+    """runner.measure, with progress on stderr and errors recorded, not raised."""
+    started = time.perf_counter()
+    try:
+        entry = runner.measure(row, client, cache)
+        shown = format_value(row, entry["median"])
+    except Exception as exc:  # a broken client must not sink the whole run
+        entry = {"error": str(exc).strip() or type(exc).__name__}
+        shown = "error: " + entry["error"].splitlines()[-1]
+    print("  %-7s %-18s %s  (%.1fs)" % (row, CLIENT_TITLES[client], shown,
+                                        time.perf_counter() - started), file=sys.stderr)  # fmt: skip
+    return entry
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        serve_main(sys.argv[2])
+    else:
+        sys.exit(main())

@@ -1,0 +1,2400 @@
+"""together_lite: a dependency-free client for Together AI's chat and text completions.
+
+One file, standard library only, Python 3.8 and newer. It is a drop-in for the
+chat and text completion parts of the official ``together`` SDK::
+
+    from together_lite import Together
+
+    client = Together()  # reads TOGETHER_API_KEY
+    response = client.chat.completions.create(
+        model="meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        messages=[{"role": "user", "content": "Hello!"}],
+    )
+    print(response.choices[0].message.content)
+
+Streaming (``stream=True``), ``AsyncTogether``, tools, JSON mode, logprobs,
+``n`` and multimodal messages work as in the SDK. See README.md.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import select
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, fields
+
+TYPE_CHECKING = False  # saves importing typing at run time
+if TYPE_CHECKING:
+    import argparse
+    import asyncio
+    import concurrent.futures
+    import logging
+    import ssl
+    from types import TracebackType
+    from typing import Any, AsyncIterator, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
+
+__all__ = [
+    # clients
+    "Together",
+    "Client",
+    "AsyncTogether",
+    "AsyncClient",
+    "Stream",
+    "AsyncStream",
+    "StreamAccumulator",
+    # errors
+    "TogetherException",
+    "TogetherError",
+    "APIError",
+    "APIStatusError",
+    "AuthenticationError",
+    "InvalidRequestError",
+    "BadRequestError",
+    "PermissionDeniedError",
+    "NotFoundError",
+    "ConflictError",
+    "UnprocessableEntityError",
+    "RateLimitError",
+    "InternalServerError",
+    "ServiceUnavailableError",
+    "APIConnectionError",
+    "Timeout",
+    "APITimeoutError",
+    "InsecureTransportWarning",
+    # result types
+    "ChatCompletionResponse",
+    "ChatChoice",
+    "ChatMessage",
+    "ChatCompletionChunk",
+    "ChatChoiceDelta",
+    "ChatDelta",
+    "CompletionResponse",
+    "CompletionChoice",
+    "CompletionChunk",
+    "CompletionChoiceDelta",
+    "CompletionToken",
+    "ToolCall",
+    "FunctionCall",
+    "Usage",
+    "Logprobs",
+    "PromptPart",
+    "InferenceWarning",
+    # helpers
+    "image_part",
+    "video_part",
+    "file_to_data_url",
+]
+
+__version__ = "1.0.0"
+
+# -- Constants ----------------------------------------------------------------
+
+DEFAULT_BASE_URL = "https://api.together.xyz/v1"
+DEFAULT_TIMEOUT = 600.0  # seconds, for connecting and for each read
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_MAX_WORKERS = 512  # threads of an AsyncTogether; started only when needed
+INITIAL_RETRY_DELAY = 0.5  # seconds, doubled on each retry
+MAX_RETRY_DELAY = 8.0  # seconds
+MAX_RETRY_AFTER = 60.0  # seconds; a server asking for a longer wait is not retried
+
+_USER_AGENT = "together_lite/{} Python/{}.{}.{}".format(__version__, *sys.version_info[:3])
+_RETRYABLE_STATUSES = frozenset({408, 409, 429})  # plus every status >= 500
+_REDIRECT_STATUSES = frozenset({307, 308})  # the only ones that keep POST and its body
+_MAX_REDIRECTS = 5
+_READ_SIZE = 65536  # bytes asked of the socket per stream read
+_MAX_ERROR_BODY = 1 << 20  # bytes of an error response kept for its message
+_POOL_MAXSIZE = 256  # idle connections kept per origin
+_POOL_IDLE_SECONDS = 30.0  # an idle connection older than this is not reused
+_DRAIN_SECONDS = 0.5  # how long to wait for a stream's tail after [DONE]
+_DRAIN_BYTES = 1 << 16  # how much tail to read after [DONE] before giving up on reuse
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+# -- Errors -------------------------------------------------------------------
+#
+# TogetherException (alias TogetherError)
+# └── APIError                        anything the API or the network did wrong
+#     ├── APIStatusError              an HTTP error status; .status_code
+#     │   ├── InvalidRequestError     400, 403, 404, 415, 422 (the v1 name)
+#     │   │   ├── BadRequestError            400
+#     │   │   ├── PermissionDeniedError      403
+#     │   │   ├── NotFoundError              404
+#     │   │   └── UnprocessableEntityError   422
+#     │   ├── AuthenticationError     401, or no API key at all
+#     │   ├── ConflictError           409
+#     │   ├── RateLimitError          429
+#     │   └── InternalServerError     >= 500
+#     │       └── ServiceUnavailableError    503
+#     └── APIConnectionError          no usable response: refused, reset, TLS, proxy
+#         └── Timeout                 connect or read timed out (v1 name)
+#             └── APITimeoutError
+#
+# Caller mistakes (a bad argument) raise TypeError or ValueError before anything is sent.
+
+
+class TogetherException(Exception):
+    """Root of every error together_lite raises (also named ``TogetherError``)."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status_code: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        request_id: str | None = None,
+        code: Any = None,
+        param: Any = None,
+        error_type: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.headers: dict[str, str] = dict(headers or {})
+        self.body = body
+        self.request_id = request_id
+        self.code = code
+        self.param = param
+        self.type = error_type
+
+    @property
+    def http_status(self) -> int | None:
+        """The HTTP status, under the name the v1 SDK used."""
+        return self.status_code
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        extra = "".join(
+            f", {name}={value!r}"
+            for name, value in (("status_code", self.status_code), ("request_id", self.request_id))
+            if value is not None
+        )
+        return f"{type(self).__name__}({self.message!r}{extra})"
+
+
+TogetherError = TogetherException
+
+
+class APIError(TogetherException):
+    """The API answered with an error, or the exchange failed; also errors inside a stream."""
+
+
+class APIStatusError(APIError):
+    """The API answered with an HTTP error status (``status_code``)."""
+
+
+class InvalidRequestError(APIStatusError):
+    """The request was refused as invalid: 400, 403, 404, 415 or 422."""
+
+
+class BadRequestError(InvalidRequestError):
+    """HTTP 400."""
+
+
+class PermissionDeniedError(InvalidRequestError):
+    """HTTP 403."""
+
+
+class NotFoundError(InvalidRequestError):
+    """HTTP 404, for example an unknown model."""
+
+
+class UnprocessableEntityError(InvalidRequestError):
+    """HTTP 422."""
+
+
+class AuthenticationError(APIStatusError):
+    """HTTP 401, or no API key was given at all."""
+
+
+class ConflictError(APIStatusError):
+    """HTTP 409."""
+
+
+class RateLimitError(APIStatusError):
+    """HTTP 429, after the retries ran out."""
+
+
+class InternalServerError(APIStatusError):
+    """HTTP 500 and above, after the retries ran out."""
+
+
+class ServiceUnavailableError(InternalServerError):
+    """HTTP 503: the service is overloaded or not ready."""
+
+
+class APIConnectionError(APIError):
+    """No usable response arrived: connection refused or reset, TLS or proxy failure."""
+
+    retryable = True  # False for failures that another attempt cannot fix
+
+
+class Timeout(APIConnectionError):
+    """Connecting, or waiting for the next bytes of the response, took too long."""
+
+
+class APITimeoutError(Timeout):
+    """Connecting, or waiting for the next bytes of the response, took too long."""
+
+
+class _NotRetryableConnectionError(APIConnectionError):
+    retryable = False
+
+
+class InsecureTransportWarning(UserWarning):
+    """The API key is about to travel unencrypted to a host that is not this machine."""
+
+
+_STATUS_ERRORS: Mapping[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    415: InvalidRequestError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+    503: ServiceUnavailableError,
+}
+
+
+def _error_class(status: int) -> type[APIStatusError]:
+    return _STATUS_ERRORS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
+
+
+def _parse_body(raw: bytes) -> Any:
+    """The body as JSON when it is JSON, else as text; None when empty."""
+    text = raw.decode("utf-8", "replace").strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _text_summary(text: str) -> str:
+    """A one-line summary of a non-JSON body: an HTML page's title, or its first line."""
+    if "<" in text:
+        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        text = title.group(1) if title else re.sub(r"<[^>]*>", " ", text)
+    line = " ".join(text.split())
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _error_detail(body: Any) -> Any:
+    """The error object inside a body: ``body["error"]`` when there is one."""
+    if isinstance(body, dict) and body.get("error") is not None:
+        return body["error"]
+    return body
+
+
+def _error_text(body: Any) -> str:
+    """The human message of an error body, whatever its shape."""
+    detail = _error_detail(body)
+    if isinstance(detail, dict):
+        for key in ("message", "detail", "msg"):
+            value = detail.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+        if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"].strip():
+            return str(body["message"]).strip()
+        return _text_summary(json.dumps(detail, ensure_ascii=False))
+    if isinstance(detail, str):
+        return _text_summary(detail)
+    if detail is None:
+        return ""
+    return _text_summary(json.dumps(detail, ensure_ascii=False))
+
+
+def _status_error(status: int, reason: str, headers: Mapping[str, str], raw: bytes) -> APIStatusError:
+    """Build the typed error for an HTTP error response."""
+    body = _parse_body(raw)
+    text = _error_text(body) or reason or _status_phrase(status)
+    detail = _error_detail(body)
+    fields_of = detail if isinstance(detail, dict) else {}
+    return _error_class(status)(
+        f"Error code: {status} - {text}" if text else f"Error code: {status}",
+        status_code=status,
+        headers=headers,
+        body=body,
+        request_id=headers.get("x-request-id") or headers.get("cf-ray"),
+        code=fields_of.get("code"),
+        param=fields_of.get("param"),
+        error_type=fields_of.get("type"),
+    )
+
+
+def _status_phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _stream_error(data: Any, headers: Mapping[str, str], status: int) -> APIError:
+    """The error for an error event inside a 200 stream."""
+    detail = _error_detail(data)
+    fields_of = detail if isinstance(detail, dict) else {}
+    return APIError(
+        _error_text(data) or "An error occurred during streaming",
+        status_code=status,
+        headers=headers,
+        body=data,
+        request_id=headers.get("x-request-id") or headers.get("cf-ray"),
+        code=fields_of.get("code"),
+        param=fields_of.get("param"),
+        error_type=fields_of.get("type"),
+    )
+
+
+def _connection_error(exc: BaseException, doing: str) -> APIConnectionError:
+    """Translate a socket, TLS or HTTP-parsing failure into a together_lite error."""
+    if isinstance(exc, APIConnectionError):
+        return exc
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return APITimeoutError(f"Request timed out while {doing}.")
+    ssl_module = sys.modules.get("ssl")
+    if ssl_module is not None and isinstance(exc, ssl_module.SSLCertVerificationError):
+        return _NotRetryableConnectionError(f"TLS certificate verification failed: {exc.verify_message}.")
+    if isinstance(exc, http.client.IncompleteRead):
+        return APIConnectionError(
+            f"Connection closed while {doing}: got {len(exc.partial)} bytes, expected more."
+        )
+    detail = str(exc) or type(exc).__name__
+    return APIConnectionError(f"Connection error while {doing}: {detail}")
+
+
+# -- Result types -------------------------------------------------------------
+#
+# Plain dataclasses, built straight from the JSON without validation: a field the
+# server adds later is kept as an attribute and in model_dump(), a missing field
+# reads as None, and strings such as finish_reason are never forced into enums.
+
+
+class _Model:
+    """Base of the result types: the declared fields, plus whatever else the server sent."""
+
+    _NESTED: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]] = ()
+
+    @classmethod
+    def _parse(cls, data: Any) -> Any:
+        """Build from decoded JSON; anything but an object is returned unchanged."""
+        if type(data) is not dict:
+            return data
+        obj = cls.__new__(cls)
+        attrs = obj.__dict__
+        attrs.update(data)
+        for name, convert in cls._NESTED:
+            value = data.get(name)
+            if value is not None:
+                attrs[name] = convert(value)
+        return obj
+
+    def _items(self) -> dict[str, Any]:
+        items = {field.name: getattr(self, field.name) for field in fields(self)}  # type: ignore[arg-type]
+        items.update(self.__dict__)
+        return items
+
+    @property
+    def model_extra(self) -> dict[str, Any]:
+        """The fields the server sent that this type does not declare."""
+        declared = {field.name for field in fields(self)}  # type: ignore[arg-type]
+        return {name: value for name, value in self.__dict__.items() if name not in declared}
+
+    def model_dump(self, *, exclude_none: bool = False) -> dict[str, Any]:
+        """The object as plain JSON data (dicts, lists, strings, numbers)."""
+        return {
+            name: _plain(value, exclude_none)
+            for name, value in self._items().items()
+            if not (exclude_none and value is None)
+        }
+
+    def model_dump_json(self, *, indent: int | None = None, exclude_none: bool = False) -> str:
+        """The object as a JSON string."""
+        return json.dumps(self.model_dump(exclude_none=exclude_none), indent=indent, ensure_ascii=False)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._items() == other._items()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self._items().items() if value is not None)
+        return f"{type(self).__name__}({shown})"
+
+
+def _plain(value: Any, exclude_none: bool) -> Any:
+    if isinstance(value, _Model):
+        return value.model_dump(exclude_none=exclude_none)
+    if isinstance(value, list):
+        return [_plain(item, exclude_none) for item in value]
+    if isinstance(value, dict):
+        return {k: _plain(v, exclude_none) for k, v in value.items() if not (exclude_none and v is None)}
+    return value
+
+
+def _list_of(model: type[_Model]) -> Callable[[Any], Any]:
+    parse = model._parse
+
+    def convert(value: Any) -> Any:
+        return [parse(item) for item in value] if type(value) is list else value
+
+    return convert
+
+
+@dataclass(repr=False, eq=False)
+class FunctionCall(_Model):
+    """The function a tool call invokes; ``arguments`` is a JSON string."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+
+@dataclass(repr=False, eq=False)
+class ToolCall(_Model):
+    """One tool call made by the model."""
+
+    id: str | None = None
+    type: str | None = None
+    function: FunctionCall | None = None
+    index: int | None = None
+
+
+@dataclass(repr=False, eq=False)
+class Usage(_Model):
+    """Token counts of a request."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+@dataclass(repr=False, eq=False)
+class Logprobs(_Model):
+    """Log probabilities of the generated (or, with ``echo``, the prompt's) tokens."""
+
+    tokens: list[str | None] | None = None
+    token_logprobs: list[float | None] | None = None
+    top_logprobs: Any = None
+    token_ids: list[int | None] | None = None
+    text_offset: list[int] | None = None
+
+
+@dataclass(repr=False, eq=False)
+class PromptPart(_Model):
+    """The prompt echoed back with ``echo=True``, with its log probabilities."""
+
+    text: str | None = None
+    logprobs: Logprobs | None = None
+
+
+@dataclass(repr=False, eq=False)
+class InferenceWarning(_Model):
+    """A warning the server attached to a result."""
+
+    message: str | None = None
+
+
+@dataclass(repr=False, eq=False)
+class ChatMessage(_Model):
+    """The assistant's message in a chat completion."""
+
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    function_call: FunctionCall | None = None
+
+
+@dataclass(repr=False, eq=False)
+class ChatChoice(_Model):
+    """One choice of a chat completion."""
+
+    index: int | None = None
+    message: ChatMessage | None = None
+    finish_reason: str | None = None
+    logprobs: Logprobs | None = None
+    seed: int | None = None
+
+
+@dataclass(repr=False, eq=False)
+class ChatCompletionResponse(_Model):
+    """The result of ``client.chat.completions.create(...)``."""
+
+    id: str | None = None
+    object: str | None = None
+    created: int | None = None
+    model: str | None = None
+    choices: list[ChatChoice] | None = None
+    usage: Usage | None = None
+    prompt: list[PromptPart] | None = None
+    warnings: list[InferenceWarning] | None = None
+    system_fingerprint: str | None = None
+
+
+@dataclass(repr=False, eq=False)
+class ChatDelta(_Model):
+    """The new part of the message carried by one stream chunk."""
+
+    role: str | None = None
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    token_id: int | None = None
+    function_call: FunctionCall | None = None
+
+
+@dataclass(repr=False, eq=False)
+class ChatChoiceDelta(_Model):
+    """One choice of a chat stream chunk."""
+
+    index: int | None = None
+    delta: ChatDelta | None = None
+    finish_reason: str | None = None
+    logprobs: Any = None
+    seed: int | None = None
+
+
+@dataclass(repr=False, eq=False)
+class CompletionToken(_Model):
+    """The token carried by one completion stream chunk."""
+
+    id: int | None = None
+    text: str | None = None
+    logprob: float | None = None
+    special: bool | None = None
+
+
+@dataclass(repr=False, eq=False)
+class ChatCompletionChunk(_Model):
+    """One chunk of a streamed chat completion."""
+
+    id: str | None = None
+    object: str | None = None
+    created: int | None = None
+    model: str | None = None
+    choices: list[ChatChoiceDelta] | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    token: CompletionToken | None = None
+    system_fingerprint: str | None = None
+    warnings: list[InferenceWarning] | None = None
+
+
+@dataclass(repr=False, eq=False)
+class CompletionChoice(_Model):
+    """One choice of a text completion."""
+
+    index: int | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+    logprobs: Logprobs | None = None
+    seed: int | None = None
+
+
+@dataclass(repr=False, eq=False)
+class CompletionResponse(_Model):
+    """The result of ``client.completions.create(...)``."""
+
+    id: str | None = None
+    object: str | None = None
+    created: int | None = None
+    model: str | None = None
+    choices: list[CompletionChoice] | None = None
+    usage: Usage | None = None
+    prompt: list[PromptPart] | None = None
+    warnings: list[InferenceWarning] | None = None
+
+
+@dataclass(repr=False, eq=False)
+class CompletionChoiceDelta(_Model):
+    """One choice of a text completion stream chunk."""
+
+    index: int | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+    logprobs: Any = None
+    seed: int | None = None
+    delta: ChatDelta | None = None
+
+
+@dataclass(repr=False, eq=False)
+class CompletionChunk(_Model):
+    """One chunk of a streamed text completion."""
+
+    id: str | None = None
+    object: str | None = None
+    created: int | None = None
+    model: str | None = None
+    choices: list[CompletionChoiceDelta] | None = None
+    usage: Usage | None = None
+    token: CompletionToken | None = None
+    finish_reason: str | None = None
+    seed: int | None = None
+    warnings: list[InferenceWarning] | None = None
+
+
+ToolCall._NESTED = (("function", FunctionCall._parse),)
+PromptPart._NESTED = (("logprobs", Logprobs._parse),)
+ChatMessage._NESTED = (("tool_calls", _list_of(ToolCall)), ("function_call", FunctionCall._parse))
+ChatChoice._NESTED = (("message", ChatMessage._parse), ("logprobs", Logprobs._parse))
+ChatCompletionResponse._NESTED = (
+    ("choices", _list_of(ChatChoice)),
+    ("usage", Usage._parse),
+    ("prompt", _list_of(PromptPart)),
+    ("warnings", _list_of(InferenceWarning)),
+)
+ChatDelta._NESTED = ChatMessage._NESTED
+ChatChoiceDelta._NESTED = (("delta", ChatDelta._parse),)
+ChatCompletionChunk._NESTED = (
+    ("choices", _list_of(ChatChoiceDelta)),
+    ("usage", Usage._parse),
+    ("token", CompletionToken._parse),
+    ("warnings", _list_of(InferenceWarning)),
+)
+CompletionChoice._NESTED = (("logprobs", Logprobs._parse),)
+CompletionResponse._NESTED = (
+    ("choices", _list_of(CompletionChoice)),
+    ("usage", Usage._parse),
+    ("prompt", _list_of(PromptPart)),
+    ("warnings", _list_of(InferenceWarning)),
+)
+CompletionChoiceDelta._NESTED = (("delta", ChatDelta._parse),)
+CompletionChunk._NESTED = (
+    ("choices", _list_of(CompletionChoiceDelta)),
+    ("usage", Usage._parse),
+    ("token", CompletionToken._parse),
+    ("warnings", _list_of(InferenceWarning)),
+)
+
+# The names the v1 SDK uses for the same types.
+ChatCompletionMessage = ChatMessage
+ChatCompletionChoicesData = ChatChoice
+ChatCompletionChoicesChunk = ChatChoiceDelta
+DeltaContent = ChatDelta
+CompletionChoicesData = CompletionChoice
+CompletionChoicesChunk = CompletionChoiceDelta
+UsageData = Usage
+LogprobsPart = Logprobs
+ToolCalls = ToolCall
+
+# -- Requests -----------------------------------------------------------------
+#
+# Arguments are checked before anything is sent, but only for what the API can
+# never accept: new roles, content parts and fields pass through untouched.
+
+
+def _require_str(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_number(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(f"messages must be a list of message dicts, not {type(messages).__name__}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, (dict, _Model)):
+            raise TypeError(f"messages[{index}] must be a dict, not {type(message).__name__}")
+
+
+def _normalize_stop(stop: Any) -> list[str] | None:
+    """``stop`` as the list the API wants: a single string becomes a list of one."""
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, (list, tuple)) and all(isinstance(item, str) for item in stop):
+        return list(stop)
+    raise TypeError("stop must be a str or a list of str")
+
+
+def _check_sampling(params: dict[str, Any]) -> None:
+    """Check the parameters both endpoints share; ``params`` maps name to value."""
+    for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_p"):
+        _check_number(name, params.get(name))
+    _check_int("max_tokens", params.get("max_tokens"), 0)
+    _check_int("top_k", params.get("top_k"), 0)
+    _check_int("seed", params.get("seed"), -(2**63))
+    _check_int("n", params.get("n"), 1)
+    logprobs = params.get("logprobs")
+    if isinstance(logprobs, bool):  # OpenAI-style logprobs=True means one per token
+        params["logprobs"] = int(logprobs)
+    else:
+        _check_int("logprobs", logprobs, 0)
+    if not isinstance(params.get("stream", False), bool):
+        raise TypeError("stream must be a bool")
+    if params.get("stream") is False:  # the API's default; not sent
+        params["stream"] = None
+    for name in ("logit_bias", "response_format"):
+        if params.get(name) is not None and not isinstance(params[name], dict):
+            raise TypeError(f"{name} must be a dict, not {type(params[name]).__name__}")
+    if params.get("safety_model") is not None and not isinstance(params["safety_model"], str):
+        raise TypeError("safety_model must be a str")
+    params["stop"] = _normalize_stop(params.get("stop"))
+
+
+def _build_body(required: dict[str, Any], params: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON body: required fields, then the parameters that were given, then extras."""
+    _check_sampling(params)
+    body = dict(required)
+    body.update((name, value) for name, value in params.items() if value is not None)
+    body.update(extra)
+    return body
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, _Model):  # lets a response message go back into the history
+        return value.model_dump(exclude_none=True)
+    raise TypeError(f"request body holds a {type(value).__name__}, which is not JSON serializable")
+
+
+def _encode_body(body: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON; NaN and infinity are refused because JSON has no such numbers."""
+    try:
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default)
+    except ValueError as exc:
+        raise ValueError(f"request body is not valid JSON: {exc}") from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: let json escape them instead
+        return json.dumps(body, separators=(",", ":"), allow_nan=False, default=_json_default).encode("ascii")
+
+
+def _check_header_value(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"header {name!r} must be a str, not {type(value).__name__}")
+    if _CONTROL_CHARS.search(value):
+        raise ValueError(f"header {name!r} contains a control character (CR, LF or similar)")
+
+
+def _check_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not hasattr(headers, "items"):
+        raise TypeError("headers must be a dict of str to str")
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name or _CONTROL_CHARS.search(name) or ":" in name or " " in name:
+            raise ValueError(f"invalid header name {name!r}")
+        _check_header_value(name, value)
+        checked[name] = value
+    return checked
+
+
+# -- Server-sent events -------------------------------------------------------
+#
+# An incremental parser for the WHATWG event-stream format:
+# https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
+# Lines end at CR, LF or CRLF (never at U+2028 and friends), so bytes are split
+# before they are decoded, and only complete lines are decoded. Invalid UTF-8
+# becomes U+FFFD, as the spec says.
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+class ServerSentEvent:
+    """One dispatched event: its type, its data lines joined by LF, the last id, and retry."""
+
+    __slots__ = ("data", "event", "id", "retry")
+
+    def __init__(self, data: str, event: str | None = None, id: str | None = None, retry: int | None = None) -> None:
+        self.data = data
+        self.event = event
+        self.id = id
+        self.retry = retry
+
+    def __repr__(self) -> str:
+        return f"ServerSentEvent(data={self.data!r}, event={self.event!r}, id={self.id!r}, retry={self.retry!r})"
+
+
+class _SSEDecoder:
+    """Feed it bytes as they arrive; it returns the events they complete."""
+
+    __slots__ = ("_data", "_event", "_last_id", "_partial", "_retry", "_skip_lf", "_started")
+
+    def __init__(self) -> None:
+        self._partial = bytearray()  # the bytes of an unfinished line
+        self._skip_lf = False  # the last line ended with CR: an LF next completes a CRLF
+        self._started = False  # past the optional byte order mark
+        self._data: list[str] = []
+        self._event = ""
+        self._last_id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Take the next bytes of the stream and return the events they complete."""
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
+        if not end:
+            self._partial += chunk
+            return []
+        if self._partial:
+            complete = bytes(self._partial) + chunk[:end]
+            self._partial = bytearray(chunk[end:])
+        else:
+            complete = chunk[:end]
+            if end < len(chunk):
+                self._partial += chunk[end:]
+        text = complete.decode("utf-8", "replace")
+        if not self._started:
+            self._started = True
+            if text.startswith("\ufeff"):
+                text = text[1:]
+        if "\r" in text:
+            lines = _LINE_BREAK.split(text)
+            self._skip_lf = text.endswith("\r")
+        else:
+            lines = text.split("\n")
+        lines.pop()  # the text ends with a line break, so the last piece is empty
+        return self._interpret(lines)
+
+    def _interpret(self, lines: list[str]) -> list[ServerSentEvent]:
+        events: list[ServerSentEvent] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    events.append(ServerSentEvent("\n".join(data), self._event or None, self._last_id, self._retry))
+                    data.clear()
+                self._event = ""
+                self._retry = None
+            elif line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+            elif not line.startswith(":"):
+                self._field(line)
+        return events
+
+    def _field(self, line: str) -> None:
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":  # "data" without a colon: an empty data line
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._last_id = value
+        elif name == "retry":
+            if value.isascii() and value.isdigit():
+                self._retry = int(value)
+        # Any other field is ignored, as the spec says.
+
+
+# -- Streams ------------------------------------------------------------------
+
+
+class Stream:
+    """The chunks of a streamed completion, as they arrive.
+
+    Iterate over it (``for chunk in stream``). It is a context manager, and
+    ``close()`` releases the connection early; reading to the end, an error,
+    or the stream being garbage collected release it too.
+    """
+
+    def __init__(self, response: _Response, parse: Callable[[Any], Any]) -> None:
+        self.response = response
+        self._parse = parse
+        self._batches = self._iter_batches()
+        self._chunks = self._iter_chunks()
+        self._closed = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The response headers, with lower-case names."""
+        return self.response.headers
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._chunks
+
+    def __next__(self) -> Any:
+        return next(self._chunks)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading and release the connection (closed, unless the stream was complete)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._chunks.close()
+            self._batches.close()
+        except ValueError:  # the generator is running in another thread; unblock it instead
+            self.response.abort()
+        self.response.close()
+
+    def _iter_chunks(self) -> Iterator[Any]:
+        for batch in self._batches:
+            yield from batch
+
+    def _iter_batches(self) -> Iterator[list[Any]]:
+        """Lists of chunks: everything each network read completed, so none waits for the next read."""
+        response = self.response
+        decoder = _SSEDecoder()
+        parse = self._parse
+        finished = False
+        try:
+            for raw in response.iter_bytes():
+                batch = []
+                for event in decoder.feed(raw):
+                    data = event.data
+                    if data.startswith("[DONE]"):
+                        if batch:
+                            yield batch
+                        response.release()
+                        return
+                    payload = self._decode(data)
+                    if event.event == "error" or (type(payload) is dict and payload.get("error")):
+                        if batch:
+                            yield batch
+                        raise _stream_error(payload, response.headers, response.status)
+                    if not finished:
+                        finished = _has_finish_reason(payload)
+                    batch.append(parse(payload))
+                if batch:
+                    yield batch
+            if not finished:
+                raise APIConnectionError(
+                    "The stream ended before it was complete (no [DONE] and no finish_reason)."
+                )
+            response.release()
+        finally:
+            response.close()
+
+    def _decode(self, data: str) -> Any:
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise APIError(
+                f"The stream sent data that is not JSON: {_text_summary(data)!r}",
+                status_code=self.response.status,
+                headers=self.response.headers,
+                body=data,
+            ) from None
+
+
+def _has_finish_reason(payload: Any) -> bool:
+    if type(payload) is not dict:
+        return False
+    if payload.get("finish_reason"):
+        return True
+    choices = payload.get("choices")
+    if type(choices) is list:
+        return any(type(choice) is dict and choice.get("finish_reason") for choice in choices)
+    return False
+
+
+class StreamAccumulator:
+    """Adds up stream chunks into the final response.
+
+    Content, reasoning and tool calls (whose ``arguments`` arrive in pieces) are
+    joined per choice; ``finish_reason`` and ``usage`` are kept::
+
+        accumulator = StreamAccumulator()
+        for chunk in stream:
+            accumulator.add(chunk)
+        response = accumulator.response()   # a ChatCompletionResponse
+
+    For text completion chunks ``response()`` gives a CompletionResponse.
+    """
+
+    def __init__(self) -> None:
+        self._first: Any = None
+        self._usage: Any = None
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._is_chat = True
+
+    def add(self, chunk: Any) -> Any:
+        """Take one chunk (and return it, so this fits inside a loop)."""
+        if self._first is None:
+            self._first = chunk
+            self._is_chat = not isinstance(chunk, CompletionChunk)
+        if getattr(chunk, "usage", None) is not None:
+            self._usage = chunk.usage
+        for position, choice in enumerate(getattr(chunk, "choices", None) or ()):
+            index = choice.index if isinstance(getattr(choice, "index", None), int) else position
+            state = self._choices.setdefault(index, {"index": index, "tool_calls": {}})
+            self._add_choice(state, choice, chunk)
+        return chunk
+
+    def _add_choice(self, state: dict[str, Any], choice: Any, chunk: Any) -> None:
+        finish = getattr(choice, "finish_reason", None) or getattr(chunk, "finish_reason", None)
+        if finish:
+            state["finish_reason"] = finish
+        text = getattr(choice, "text", None)
+        if isinstance(text, str):
+            state["text"] = state.get("text", "") + text
+        delta = getattr(choice, "delta", None)
+        if delta is None:
+            return
+        for name in ("role",):
+            if getattr(delta, name, None):
+                state[name] = getattr(delta, name)
+        for name in ("content", "reasoning", "reasoning_content"):
+            piece = getattr(delta, name, None)
+            if isinstance(piece, str):
+                state[name] = state.get(name, "") + piece
+        for position, call in enumerate(getattr(delta, "tool_calls", None) or ()):
+            self._add_tool_call(state["tool_calls"], position, call)
+
+    @staticmethod
+    def _add_tool_call(calls: dict[int, dict[str, Any]], position: int, call: Any) -> None:
+        index = call.index if isinstance(getattr(call, "index", None), int) else position
+        merged = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        for name in ("id", "type"):
+            if getattr(call, name, None):
+                merged[name] = getattr(call, name)
+        function = getattr(call, "function", None)
+        if function is not None:
+            for name in ("name", "arguments"):
+                piece = getattr(function, name, None)
+                if isinstance(piece, str):
+                    merged["function"][name] += piece
+        merged["index"] = index
+
+    def response(self) -> Any:
+        """The accumulated ChatCompletionResponse (or CompletionResponse)."""
+        first = self._first
+        head = {name: getattr(first, name, None) for name in ("id", "created", "model")}
+        usage = self._usage.model_dump() if isinstance(self._usage, _Model) else self._usage
+        if not self._is_chat:
+            choices = [
+                {"index": i, "text": s.get("text", ""), "finish_reason": s.get("finish_reason")}
+                for i, s in sorted(self._choices.items())
+            ]
+            return CompletionResponse._parse({**head, "object": "text.completion", "choices": choices, "usage": usage})
+        return ChatCompletionResponse._parse(
+            {**head, "object": "chat.completion", "choices": [self._chat_choice(s) for _, s in sorted(self._choices.items())], "usage": usage}
+        )
+
+    @staticmethod
+    def _chat_choice(state: dict[str, Any]) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": state.get("role", "assistant"), "content": state.get("content")}
+        for name in ("reasoning", "reasoning_content"):
+            if name in state:
+                message[name] = state[name]
+        if state["tool_calls"]:
+            message["tool_calls"] = [call for _, call in sorted(state["tool_calls"].items())]
+        return {"index": state["index"], "message": message, "finish_reason": state.get("finish_reason")}
+
+
+# -- Transport ----------------------------------------------------------------
+#
+# http.client underneath, with kept-alive connections pooled per origin; urllib
+# only for what it does well, finding the proxy the environment asks for.
+
+_ssl_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+_ssl_lock = threading.Lock()
+
+
+def _default_ssl_context() -> ssl.SSLContext:
+    """The system's trust store (or SSL_CERT_FILE / SSL_CERT_DIR), verification on."""
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    with _ssl_lock:
+        context = _ssl_contexts.get(key)
+        if context is None:
+            import ssl
+
+            context = _ssl_contexts[key] = ssl.create_default_context()
+        return context
+
+
+def _parse_url(url: str, what: str) -> tuple[str, str, int, str]:
+    """Split an http(s) URL into scheme, host, port and path; anything else is refused."""
+    import urllib.parse
+
+    if not isinstance(url, str):
+        raise TypeError(f"{what} must be a str, not {type(url).__name__}")
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{what} must start with http:// or https://, got {url!r}")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"{what} has an invalid port: {url!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"{what} has no host: {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{what} must not contain a user name or password")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{what} must not have a query or fragment: {url!r}")
+    return scheme, parts.hostname, port, parts.path
+
+
+class _Proxy:
+    """Where to send requests for an origin instead of the origin itself."""
+
+    __slots__ = ("headers", "host", "port")
+
+    def __init__(self, url: str, source: str) -> None:
+        import urllib.parse
+
+        if "://" not in url:
+            url = "http://" + url
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() != "http":
+            raise _NotRetryableConnectionError(
+                f"The proxy {source} uses the scheme {parts.scheme!r}; only http:// proxies are supported."
+            )
+        self.host = parts.hostname or ""
+        self.port = parts.port or 80
+        self.headers: dict[str, str] = {}
+        if parts.username is not None:
+            import base64
+
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            self.headers["Proxy-Authorization"] = f"Basic {token}"
+
+
+def _environment_proxy(scheme: str, host: str, port: int) -> _Proxy | None:
+    """The proxy that HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY choose, read the way urllib reads them."""
+    import urllib.request
+
+    proxies = urllib.request.getproxies()
+    url = proxies.get(scheme) or proxies.get("all")
+    if not url or urllib.request.proxy_bypass(f"{host}:{port}"):
+        return None
+    return _Proxy(url, "from the environment")
+
+
+class _Cancel:
+    """Lets another thread abandon a request: its connection is shut and no retry follows."""
+
+    __slots__ = ("_connection", "_event", "cancelled")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._event = threading.Event()
+        self._connection: http.client.HTTPConnection | None = None
+
+    def attach(self, connection: http.client.HTTPConnection) -> None:
+        self._connection = connection
+        if self.cancelled:
+            _shut(connection)
+            raise _cancelled_error()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._event.set()
+        connection = self._connection
+        if connection is not None:
+            _shut(connection)
+
+    def wait(self, seconds: float) -> None:
+        self._event.wait(seconds)
+
+
+def _cancelled_error() -> APIConnectionError:
+    return _NotRetryableConnectionError("The request was cancelled.")
+
+
+def _shut(connection: http.client.HTTPConnection) -> None:
+    """Unblock any thread reading from this connection, then close it."""
+    sock = connection.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    connection.close()
+
+
+def _is_dropped(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive socket was closed by the server (it reads as ready before we ask)."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+def _decompressor(encoding: str) -> Any:
+    """A zlib decompressor for an uninvited Content-Encoding; None for identity."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    import zlib
+
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise _NotRetryableConnectionError(f"The server sent a body with Content-Encoding {encoding!r}, which is not supported.")
+
+
+class _Response:
+    """A response from the transport: status, headers, and a body to read once."""
+
+    def __init__(
+        self,
+        raw: http.client.HTTPResponse,
+        connection: http.client.HTTPConnection,
+        pool: _ConnectionPool,
+        origin: tuple[str, str, int],
+    ) -> None:
+        self.status = raw.status
+        self.reason = raw.reason
+        self.headers = {name.lower(): value for name, value in raw.getheaders()}
+        self._raw = raw
+        self._connection = connection
+        self._pool = pool
+        self._origin = origin
+        self._finished = False
+        try:
+            self._decoder = _decompressor(self.headers.get("content-encoding", ""))
+        except APIConnectionError:
+            self.close()
+            raise
+
+    def read(self, limit: int | None = None) -> bytes:
+        """The whole body (or its first ``limit`` bytes); the connection is then released."""
+        try:
+            data = self._raw.read() if limit is None else self._raw.read(limit)
+            if self._decoder is not None:
+                data = self._decoder.decompress(data) + self._decoder.flush()
+        except Exception as exc:
+            self.close()
+            raise _connection_error(exc, "reading the response") from exc
+        self.release()
+        return data
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        """The body as it arrives, each piece as soon as the server sends it."""
+        read1 = self._raw.read1
+        decoder = self._decoder
+        while True:
+            try:
+                data = read1(_READ_SIZE)
+                if decoder is not None:
+                    data = decoder.decompress(data) if data else decoder.flush()
+                    if not data and not decoder.eof and not self._raw.isclosed():
+                        continue
+            except Exception as exc:
+                raise _connection_error(exc, "reading the stream") from exc
+            if not data:
+                return
+            yield data
+
+    def release(self) -> None:
+        """Done with the body: reuse the connection if the body was read to its end, else close it."""
+        if self._finished:
+            return
+        raw = self._raw
+        if not raw.isclosed():
+            self._drain()
+        self._finished = True
+        if raw.isclosed() and self._connection.sock is not None:
+            self._pool.put(self._origin, self._connection)
+        else:
+            self._connection.close()
+
+    def _drain(self) -> None:
+        """Read a short tail (a chunked stream's last empty chunk) so the connection can be reused."""
+        sock = self._connection.sock
+        if sock is None:
+            return
+        try:
+            sock.settimeout(_DRAIN_SECONDS)
+            self._raw.read(_DRAIN_BYTES)
+        except Exception:
+            self._raw.close()
+
+    def discard(self) -> None:
+        """Throw the body away, reusing the connection when that is cheap."""
+        length = self._raw.length
+        if length is not None and length <= _DRAIN_BYTES:
+            try:
+                self._raw.read()
+            except Exception:
+                self._raw.close()
+        self.release()
+
+    def close(self) -> None:
+        """Stop reading; the connection is closed, never reused."""
+        if self._finished:
+            return
+        self._finished = True
+        self._raw.close()
+        self._connection.close()
+
+    def abort(self) -> None:
+        """From another thread: unblock a read in progress and close."""
+        _shut(self._connection)
+
+
+class _ConnectionPool:
+    """Kept-alive connections, per origin: thread-safe, bounded, one request per connection at a time."""
+
+    def __init__(self, *, proxy: str | None, ssl_context: ssl.SSLContext | None) -> None:
+        self._explicit_proxy = _Proxy(proxy, "given as proxy=") if proxy else None
+        self._ssl_context = ssl_context
+        self._idle: dict[tuple[str, str, int], list[tuple[http.client.HTTPConnection, float]]] = {}
+        self._proxies: dict[tuple[str, str, int], _Proxy | None] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self, origin: tuple[str, str, int], timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection to the origin and whether it was used before."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                idle = self._idle.get(origin)
+                if not idle:
+                    break
+                connection, since = idle.pop()
+            sock = connection.sock
+            if sock is None or now - since > _POOL_IDLE_SECONDS or _is_dropped(sock):
+                connection.close()
+                continue
+            connection.timeout = timeout
+            sock.settimeout(timeout)
+            return connection, True
+        return self._connect(origin, timeout), False
+
+    def put(self, origin: tuple[str, str, int], connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(origin, [])
+            if not self._closed and len(idle) < _POOL_MAXSIZE:
+                idle.append((connection, time.monotonic()))
+                return
+        connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection, _ in connections:
+                connection.close()
+
+    def proxy_for(self, origin: tuple[str, str, int]) -> _Proxy | None:
+        if self._explicit_proxy is not None:
+            return self._explicit_proxy
+        if origin not in self._proxies:
+            self._proxies[origin] = _environment_proxy(*origin)
+        return self._proxies[origin]
+
+    def _connect(self, origin: tuple[str, str, int], timeout: float) -> http.client.HTTPConnection:
+        scheme, host, port = origin
+        proxy = self.proxy_for(origin)
+        if scheme == "http":
+            if proxy is not None:
+                return http.client.HTTPConnection(proxy.host, proxy.port, timeout=timeout)
+            return http.client.HTTPConnection(host, port, timeout=timeout)
+        context = self._ssl_context or _default_ssl_context()
+        if proxy is None:
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        connection = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=timeout, context=context)
+        connection.set_tunnel(host, port, headers=proxy.headers)
+        return connection
+
+
+class _Transport:
+    """The one seam all HTTP goes through: send a request, get a status, headers and a body."""
+
+    def __init__(self, *, proxy: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.pool = _ConnectionPool(proxy=proxy, ssl_context=ssl_context)
+
+    def send(
+        self,
+        origin: tuple[str, str, int],
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,
+        cancel: _Cancel | None = None,
+    ) -> _Response:
+        """POST ``body``; follows same-origin 307/308 redirects and nothing else."""
+        for _ in range(_MAX_REDIRECTS):
+            response = self._send_once(origin, path, headers, body, timeout, cancel)
+            location = response.headers.get("location")
+            if response.status not in _REDIRECT_STATUSES or not location:
+                return response
+            target = _same_origin_path(origin, path, location)
+            if target is None:  # another origin must never see the API key
+                return response
+            response.discard()
+            path = target
+        return response
+
+    def _send_once(
+        self,
+        origin: tuple[str, str, int],
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,
+        cancel: _Cancel | None,
+    ) -> _Response:
+        scheme, host, port = origin
+        proxy = self.pool.proxy_for(origin)
+        target = path
+        if proxy is not None and scheme == "http":  # a plain-HTTP proxy takes the absolute URL
+            target = f"http://{_host_port(host, port, 80)}{path}"
+            headers = {**headers, **proxy.headers}
+        while True:
+            connection, reused = self.pool.get(origin, timeout)
+            if cancel is not None:
+                cancel.attach(connection)
+            try:
+                connection.request("POST", target, body, dict(headers))
+            except Exception as exc:
+                connection.close()
+                if reused and isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+                    continue  # the server closed it while idle; it never saw this request
+                raise _cancelled_error() if cancel and cancel.cancelled else _connection_error(exc, "sending the request") from exc
+            try:
+                raw = connection.getresponse()
+            except Exception as exc:
+                connection.close()
+                raise _cancelled_error() if cancel and cancel.cancelled else _connection_error(exc, "waiting for the response") from exc
+            return _Response(raw, connection, self.pool, origin)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _host_port(host: str, port: int, default_port: int) -> str:
+    host = f"[{host}]" if ":" in host else host
+    return host if port == default_port else f"{host}:{port}"
+
+
+def _same_origin_path(origin: tuple[str, str, int], path: str, location: str) -> str | None:
+    """The path a redirect points to, or None when it leaves the origin."""
+    import urllib.parse
+
+    scheme, host, port = origin
+    url = urllib.parse.urljoin(f"{scheme}://{_host_port(host, port, 0)}{path}", location)
+    parts = urllib.parse.urlsplit(url)
+    try:
+        target_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if (parts.scheme, (parts.hostname or "").lower(), target_port) != (scheme, host.lower(), port):
+        return None
+    return parts.path + ("?" + parts.query if parts.query else "")
+
+
+# -- Retries ------------------------------------------------------------------
+#
+# The policy, as pure functions; the loop that applies it is Together._send.
+
+
+def _should_retry(status: int, headers: Mapping[str, str], now: float | None = None) -> bool:
+    """Whether a response with this status and these headers is worth another attempt."""
+    retry_after = _retry_after_seconds(headers, now)
+    if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+        return False  # the server will not be ready within any wait we would make
+    verdict = headers.get("x-should-retry", "").strip().lower()
+    if verdict in ("true", "false"):
+        return verdict == "true"
+    return status in _RETRYABLE_STATUSES or status >= 500
+
+
+def _retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The wait a response asks for: ``retry-after-ms``, then ``Retry-After`` in seconds or as an HTTP date."""
+    milliseconds = _finite_float(headers.get("retry-after-ms"))
+    if milliseconds is not None:
+        return milliseconds / 1000
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    seconds = _finite_float(value)
+    if seconds is not None:
+        return seconds
+    import email.utils
+
+    try:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        return email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _finite_float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number - number == 0 else None  # false for inf and nan
+
+
+def _retry_delay(retries_taken: int, retry_after: float | None, jitter: float) -> float:
+    """Seconds to wait before the next attempt; ``jitter`` is a random number in [0, 1)."""
+    if retry_after is not None and 0 < retry_after <= MAX_RETRY_AFTER:
+        return retry_after
+    backoff = min(INITIAL_RETRY_DELAY * 2 ** min(retries_taken, 32), MAX_RETRY_DELAY)
+    return backoff * (1 - 0.25 * jitter)
+
+
+# -- Logging ------------------------------------------------------------------
+#
+# Records go to logging.getLogger("together_lite"), silent by default. The
+# logging module is imported only when TOGETHER_LOG asks for it or the program
+# imported it itself: nobody can have configured a handler otherwise.
+
+_logger: logging.Logger | None = None
+
+
+def _get_logger(level: int) -> logging.Logger | None:
+    """The module's logger when it would emit at ``level`` (10 debug, 20 info)."""
+    global _logger
+    if _logger is None:
+        logging_module = sys.modules.get("logging")
+        if logging_module is None:
+            return None
+        _logger = logging_module.getLogger("together_lite")
+    return _logger if _logger.isEnabledFor(level) else None
+
+
+def _configure_logging(level_name: str | None) -> None:
+    """Honour TOGETHER_LOG=debug|info by logging to stderr."""
+    if not level_name or level_name.strip().lower() not in ("debug", "info"):
+        return
+    import logging
+
+    logger = logging.getLogger("together_lite")
+    logger.setLevel(logging.DEBUG if level_name.strip().lower() == "debug" else logging.INFO)
+    if not any(getattr(handler, "_together_lite", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s together_lite %(levelname)s %(message)s"))
+        handler._together_lite = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
+# -- Clients ------------------------------------------------------------------
+
+_DEFAULT = threading.local()  # per-thread call state: the cancel handle of an AsyncTogether call
+
+
+def _check_timeout(timeout: Any, default: float) -> float:
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not timeout > 0 or timeout == float("inf"):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def _check_max_retries(max_retries: Any, default: int) -> int:
+    if max_retries is None:
+        return default
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+        raise TypeError(f"max_retries must be an int, not {type(max_retries).__name__}")
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+    return max_retries
+
+
+def _resolve_api_key(api_key: Any) -> str:
+    key = api_key or os.environ.get("TOGETHER_API_KEY")
+    if not key:
+        raise AuthenticationError(
+            "The api_key client option must be set either by passing api_key to the client "
+            "or by setting the TOGETHER_API_KEY environment variable"
+        )
+    if not isinstance(key, str):
+        raise TypeError(f"api_key must be a str, not {type(key).__name__}")
+    if _CONTROL_CHARS.search(key):
+        raise ValueError("api_key contains a control character (CR, LF or similar)")
+    try:
+        key.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("api_key contains characters that cannot be sent in an HTTP header") from None
+    return key
+
+
+def _warn_if_plain_http(scheme: str, host: str) -> None:
+    if scheme == "http" and host.lower() not in _LOOPBACK_HOSTS and not host.startswith("127."):
+        import warnings
+
+        warnings.warn(
+            f"together_lite will send the API key unencrypted to {host} (base_url uses http://).",
+            InsecureTransportWarning,
+            stacklevel=3,
+        )
+
+
+class _RequestOptions:
+    """Per-call settings that are not part of the JSON body."""
+
+    __slots__ = ("cancel", "headers", "max_retries", "timeout")
+
+    def __init__(self, timeout: float, max_retries: int, headers: dict[str, str], cancel: _Cancel | None) -> None:
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.headers = headers
+        self.cancel = cancel
+
+
+class Together:
+    """A client for Together's chat and text completions (alias ``Client``).
+
+    :param api_key: defaults to the ``TOGETHER_API_KEY`` environment variable.
+    :param base_url: defaults to ``TOGETHER_BASE_URL``, else ``https://api.together.xyz/v1``.
+    :param timeout: seconds allowed for connecting and for each read (default 600).
+    :param max_retries: retries after a failed attempt (default 5; 0 means one attempt).
+    :param supplied_headers: extra HTTP headers sent with every request.
+    :param proxy: an ``http://[user:pass@]host:port`` proxy; by default the proxy
+        environment variables (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY) decide.
+    :param ssl_context: an ``ssl.SSLContext`` to verify the server with (for a
+        corporate CA); by default the system's store, or SSL_CERT_FILE.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        supplied_headers: Mapping[str, str] | None = None,
+        proxy: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.api_key = _resolve_api_key(api_key)
+        url = base_url or os.environ.get("TOGETHER_BASE_URL") or DEFAULT_BASE_URL
+        scheme, host, port, path = _parse_url(url, "base_url")
+        self.base_url = url.strip().rstrip("/") + "/"
+        self.timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
+        self.max_retries = _check_max_retries(max_retries, DEFAULT_MAX_RETRIES)
+        self.supplied_headers = _check_headers(supplied_headers)
+        self._origin = (scheme, host, port)
+        self._base_path = path.rstrip("/") + "/"
+        self._headers = {
+            "User-Agent": _USER_AGENT,
+            "Authorization": f"Bearer {self.api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            **self.supplied_headers,
+        }
+        self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
+        if "accept" in {name.lower() for name in self.supplied_headers}:
+            self._stream_headers = self._headers
+        self._transport = _Transport(proxy=proxy, ssl_context=ssl_context)
+        self._sleep: Callable[[float], None] = time.sleep
+        self.chat = Chat(self)
+        self.completions = Completions(self)
+        _warn_if_plain_http(scheme, host)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, timeout={self.timeout}, max_retries={self.max_retries})"
+
+    def close(self) -> None:
+        """Close the kept-alive connections. The client still works afterwards, without reuse."""
+        self._transport.close()
+
+    def __enter__(self) -> Together:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # The request path, shared by both endpoints.
+
+    def _options(self, timeout: Any, max_retries: Any, extra_headers: Any) -> _RequestOptions:
+        return _RequestOptions(
+            _check_timeout(timeout, self.timeout),
+            _check_max_retries(max_retries, self.max_retries),
+            _check_headers(extra_headers),
+            getattr(_DEFAULT, "cancel", None),
+        )
+
+    def _post(self, endpoint: str, body: dict[str, Any], parse: Callable[[Any], Any], options: _RequestOptions) -> Any:
+        """POST to an endpoint; a parsed result, or a Stream when the body asks for one."""
+        stream = body.get("stream") is True
+        headers = self._stream_headers if stream else self._headers
+        if options.headers:
+            headers = {**headers, **options.headers}
+        data = _encode_body(body)
+        logger = _get_logger(10)
+        if logger is not None:
+            logger.debug("request body %s", data.decode("utf-8", "replace"))
+        response = self._send(self._base_path + endpoint, headers, data, options)
+        if stream:
+            return _open_stream(response, parse)
+        return parse(_json_result(response))
+
+    def _send(self, path: str, headers: Mapping[str, str], data: bytes, options: _RequestOptions) -> _Response:
+        """Send with retries: on connection errors, timeouts, 408, 409, 429 and 5xx."""
+        cancel = options.cancel
+        for retries_taken in range(options.max_retries + 1):
+            started = time.monotonic()
+            try:
+                response = self._transport.send(self._origin, path, headers, data, options.timeout, cancel)
+            except APIConnectionError as exc:
+                if retries_taken >= options.max_retries or not exc.retryable or (cancel and cancel.cancelled):
+                    raise
+                self._wait(retries_taken, None, str(exc), options)
+                continue
+            _log_response(path, response, time.monotonic() - started)
+            if response.status < 300:
+                return response
+            if retries_taken < options.max_retries and _should_retry(response.status, response.headers):
+                response.discard()
+                self._wait(retries_taken, response.headers, f"HTTP {response.status}", options)
+                continue
+            raise _error_response(response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait(self, retries_taken: int, headers: Mapping[str, str] | None, reason: str, options: _RequestOptions) -> None:
+        import random
+
+        retry_after = _retry_after_seconds(headers) if headers else None
+        delay = _retry_delay(retries_taken, retry_after, random.random())
+        logger = _get_logger(20)
+        if logger is not None:
+            logger.info("retrying in %.2fs (retry %d of %d) after %s", delay, retries_taken + 1, options.max_retries, reason)
+        if options.cancel is not None and self._sleep is time.sleep:
+            options.cancel.wait(delay)
+            if options.cancel.cancelled:
+                raise _cancelled_error()
+        else:
+            self._sleep(delay)
+
+
+Client = Together
+
+
+def _log_response(path: str, response: _Response, elapsed: float) -> None:
+    logger = _get_logger(20)
+    if logger is not None:
+        request_id = response.headers.get("x-request-id") or response.headers.get("cf-ray")
+        logger.info("POST %s -> %d in %.3fs (request id %s)", path, response.status, elapsed, request_id)
+
+
+def _error_response(response: _Response) -> APIStatusError:
+    """The typed error for a non-2xx response, with its body read."""
+    try:
+        raw = response.read(_MAX_ERROR_BODY)
+    except APIConnectionError:
+        raw = b""
+    response.close()
+    if 300 <= response.status < 400:
+        location = response.headers.get("location", "")
+        reason = f"redirect to {location!r} not followed (it leaves the base URL's origin)" if location else "redirect not followed"
+        return _error_class(response.status)(
+            f"Error code: {response.status} - {reason}",
+            status_code=response.status,
+            headers=response.headers,
+            body=_parse_body(raw),
+            request_id=response.headers.get("x-request-id") or response.headers.get("cf-ray"),
+        )
+    return _status_error(response.status, response.reason, response.headers, raw)
+
+
+def _json_result(response: _Response) -> Any:
+    """The decoded JSON of a successful response."""
+    raw = response.read()
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        kind = response.headers.get("content-type", "no content type")
+        shown = _text_summary(raw.decode("utf-8", "replace")) or "an empty body"
+        raise APIError(
+            f"The API answered {response.status} with a body that is not JSON ({kind}): {shown}",
+            status_code=response.status,
+            headers=response.headers,
+            body=raw.decode("utf-8", "replace"),
+        ) from None
+    if type(payload) is dict and payload.get("error") and "choices" not in payload:
+        raise _stream_error(payload, response.headers, response.status)
+    if type(payload) is not dict:
+        raise APIError(
+            f"The API answered {response.status} with JSON that is not an object: {_text_summary(str(payload))}",
+            status_code=response.status,
+            headers=response.headers,
+            body=payload,
+        )
+    return payload
+
+
+def _open_stream(response: _Response, parse: Callable[[Any], Any]) -> Stream:
+    kind = response.headers.get("content-type", "").lower()
+    if kind and "event-stream" not in kind:
+        _json_result(response)  # raises for an error object or a non-JSON body
+        raise APIError(
+            f"Asked for a stream, but the API answered with {kind}.",
+            status_code=response.status,
+            headers=response.headers,
+        )
+    return Stream(response, parse)
+
+
+class ChatCompletions:
+    """``client.chat.completions``."""
+
+    def __init__(self, client: Together) -> None:
+        self._client = client
+
+    def create(
+        self,
+        *,
+        messages: Sequence[Mapping[str, Any]],
+        model: str,
+        max_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        min_p: float | None = None,
+        logit_bias: Mapping[str, float] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        logprobs: int | None = None,
+        echo: bool | None = None,
+        n: int | None = None,
+        safety_model: str | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ChatCompletionResponse | Stream:
+        """Create a chat completion; with ``stream=True``, a Stream of ChatCompletionChunk.
+
+        Every keyword the API knows can be given; those not named here (for
+        example ``reasoning_effort``) go into the JSON body unchanged, as does
+        ``extra_body``. ``timeout``, ``max_retries`` and ``extra_headers`` apply
+        to this call only and are never sent in the body.
+        """
+        _require_str("model", model)
+        _check_messages(messages)
+        if tools is not None and not isinstance(tools, (list, tuple)):
+            raise TypeError(f"tools must be a list of tool dicts, not {type(tools).__name__}")
+        if tool_choice is not None and not isinstance(tool_choice, (str, dict)):
+            raise TypeError(f"tool_choice must be a str or a dict, not {type(tool_choice).__name__}")
+        params = {
+            "max_tokens": max_tokens, "stop": stop, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+            "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
+            "frequency_penalty": frequency_penalty, "min_p": min_p, "logit_bias": logit_bias, "seed": seed,
+            "stream": stream, "logprobs": logprobs, "echo": echo, "n": n, "safety_model": safety_model,
+            "response_format": response_format, "tools": tools, "tool_choice": tool_choice,
+        }  # fmt: skip
+        body = _build_body({"model": model, "messages": messages}, params, {**kwargs, **(extra_body or {})})
+        options = self._client._options(timeout, max_retries, extra_headers)
+        parse = ChatCompletionChunk._parse if stream else ChatCompletionResponse._parse
+        return self._client._post("chat/completions", body, parse, options)  # type: ignore[no-any-return]
+
+
+class Chat:
+    """``client.chat``: holds ``completions``."""
+
+    def __init__(self, client: Together) -> None:
+        self.completions = ChatCompletions(client)
+
+
+class Completions:
+    """``client.completions``: text completions."""
+
+    def __init__(self, client: Together) -> None:
+        self._client = client
+
+    def create(
+        self,
+        *,
+        model: str,
+        prompt: str,
+        max_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        min_p: float | None = None,
+        logit_bias: Mapping[str, float] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        logprobs: int | None = None,
+        echo: bool | None = None,
+        n: int | None = None,
+        safety_model: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> CompletionResponse | Stream:
+        """Create a text completion; with ``stream=True``, a Stream of CompletionChunk.
+
+        Keywords not named here go into the JSON body unchanged, as does
+        ``extra_body``; ``timeout``, ``max_retries`` and ``extra_headers`` apply
+        to this call only.
+        """
+        _require_str("model", model)
+        if not isinstance(prompt, str) and not (
+            isinstance(prompt, (list, tuple)) and all(isinstance(item, str) for item in prompt)
+        ):
+            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+        params = {
+            "max_tokens": max_tokens, "stop": stop, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+            "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
+            "frequency_penalty": frequency_penalty, "min_p": min_p, "logit_bias": logit_bias, "seed": seed,
+            "stream": stream, "logprobs": logprobs, "echo": echo, "n": n, "safety_model": safety_model,
+        }  # fmt: skip
+        body = _build_body({"model": model, "prompt": prompt}, params, {**kwargs, **(extra_body or {})})
+        options = self._client._options(timeout, max_retries, extra_headers)
+        parse = CompletionChunk._parse if stream else CompletionResponse._parse
+        return self._client._post("completions", body, parse, options)  # type: ignore[no-any-return]
+
+
+# -- Async --------------------------------------------------------------------
+#
+# AsyncTogether runs the sync machinery on its own thread pool, sized for I/O:
+# the event loop's default executor has a handful of workers and would turn a
+# few hundred concurrent calls into waves.
+
+_END = object()  # what next() returns at the end; StopIteration cannot cross into a Future
+
+
+def _call_with_cancel(cancel: _Cancel, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run in a worker thread, with the cancel handle visible to the request it makes."""
+    _DEFAULT.cancel = cancel
+    try:
+        return function(*args, **kwargs)
+    finally:
+        _DEFAULT.cancel = None
+
+
+def _close_abandoned(future: concurrent.futures.Future[Any]) -> None:
+    """A cancelled call that still produced a stream: close it."""
+    if not future.cancelled() and future.exception() is None:
+        result = future.result()
+        if isinstance(result, Stream):
+            result.close()
+
+
+class AsyncTogether:
+    """The async client (alias ``AsyncClient``): the same options as Together, plus ``max_workers``.
+
+    ``await client.chat.completions.create(...)``; with ``stream=True`` the
+    awaited result is an AsyncStream (``async for chunk in stream``). Calls run
+    on the client's own thread pool of up to ``max_workers`` threads (default
+    512), started as needed. Use ``async with`` or ``await client.close()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        supplied_headers: Mapping[str, str] | None = None,
+        proxy: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        max_workers: int | None = None,
+    ) -> None:
+        self._sync = Together(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            supplied_headers=supplied_headers,
+            proxy=proxy,
+            ssl_context=ssl_context,
+        )
+        _check_int("max_workers", max_workers, 1)
+        self.max_workers = max_workers or DEFAULT_MAX_WORKERS
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+        self.chat = AsyncChat(self)
+        self.completions = AsyncCompletions(self)
+
+    @property
+    def api_key(self) -> str:
+        return self._sync.api_key
+
+    @property
+    def base_url(self) -> str:
+        return self._sync.base_url
+
+    @property
+    def timeout(self) -> float:
+        return self._sync.timeout
+
+    @property
+    def max_retries(self) -> int:
+        return self._sync.max_retries
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, timeout={self.timeout}, max_retries={self.max_retries})"
+
+    async def close(self) -> None:
+        """Stop the thread pool and close the kept-alive connections."""
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+        self._sync.close()
+
+    aclose = close
+
+    async def __aenter__(self) -> AsyncTogether:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        executor = self._executor
+        if executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    import concurrent.futures
+
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self.max_workers, thread_name_prefix="together_lite"
+                    )
+                executor = self._executor
+        return executor
+
+    async def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``function`` on the pool with this task's contextvars; cancelling the task abandons it."""
+        import asyncio
+        import contextvars
+
+        cancel = _Cancel()
+        context = contextvars.copy_context()
+        future = self._pool().submit(context.run, _call_with_cancel, cancel, function, args, kwargs)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancel.cancel()
+            future.add_done_callback(_close_abandoned)
+            raise
+
+    async def _next_batch(self, stream: Stream) -> Any:
+        import asyncio
+
+        future = self._pool().submit(next, stream._batches, _END)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            stream.close()
+            raise
+
+
+AsyncClient = AsyncTogether
+
+
+class AsyncStream:
+    """The chunks of a streamed completion, for ``async for``; ``aclose()`` or ``async with`` releases it."""
+
+    def __init__(self, stream: Stream, client: AsyncTogether) -> None:
+        self.stream = stream
+        self._client = client
+        self._pending: Iterator[Any] = iter(())
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The response headers, with lower-case names."""
+        return self.stream.headers
+
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        chunk = next(self._pending, _END)
+        if chunk is _END:
+            batch = await self._client._next_batch(self.stream)
+            if batch is _END:
+                raise StopAsyncIteration
+            self._pending = iter(batch)
+            chunk = next(self._pending)
+        return chunk
+
+    async def aclose(self) -> None:
+        """Stop reading and release the connection."""
+        self.stream.close()
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class AsyncChatCompletions:
+    """``client.chat.completions`` of AsyncTogether: the same parameters as the sync ``create``."""
+
+    def __init__(self, client: AsyncTogether) -> None:
+        self._client = client
+
+    async def create(self, **kwargs: Any) -> ChatCompletionResponse | AsyncStream:
+        """Create a chat completion; see ``ChatCompletions.create`` for the parameters."""
+        result = await self._client._run(self._client._sync.chat.completions.create, **kwargs)
+        return AsyncStream(result, self._client) if isinstance(result, Stream) else result  # type: ignore[no-any-return]
+
+
+class AsyncChat:
+    """``client.chat`` of AsyncTogether."""
+
+    def __init__(self, client: AsyncTogether) -> None:
+        self.completions = AsyncChatCompletions(client)
+
+
+class AsyncCompletions:
+    """``client.completions`` of AsyncTogether: the same parameters as the sync ``create``."""
+
+    def __init__(self, client: AsyncTogether) -> None:
+        self._client = client
+
+    async def create(self, **kwargs: Any) -> CompletionResponse | AsyncStream:
+        """Create a text completion; see ``Completions.create`` for the parameters."""
+        result = await self._client._run(self._client._sync.completions.create, **kwargs)
+        return AsyncStream(result, self._client) if isinstance(result, Stream) else result  # type: ignore[no-any-return]
+
+
+AsyncChatCompletions.create.__doc__ = ChatCompletions.create.__doc__
+AsyncCompletions.create.__doc__ = Completions.create.__doc__
+
+
+
+# -- Multimodal helpers -------------------------------------------------------
+
+_URL_PREFIXES = ("http://", "https://", "data:")
+_MAGIC_TYPES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"\x1aE\xdf\xa3", "video/webm"),
+)
+
+
+def _sniff_mime_type(data: bytes) -> str | None:
+    """The MIME type of common image and video files, from their first bytes."""
+    for magic, mime_type in _MAGIC_TYPES:
+        if data.startswith(magic):
+            return mime_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[4:8] == b"ftyp":
+        return "video/quicktime" if data[8:10] == b"qt" else "video/mp4"
+    return None
+
+
+def file_to_data_url(source: str | os.PathLike[str] | bytes, mime_type: str | None = None) -> str:
+    """A ``data:`` URL holding a local file (or raw bytes), with its MIME type.
+
+    The type comes from ``mime_type``, else the file's first bytes, else its
+    extension; a file of unknown type raises ValueError.
+    """
+    import base64
+    import mimetypes
+
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), None
+    else:
+        name = os.fspath(source)
+        with open(name, "rb") as file:
+            data = file.read()
+    mime_type = mime_type or _sniff_mime_type(data) or (mimetypes.guess_type(name)[0] if name else None)
+    if not mime_type:
+        raise ValueError(f"cannot tell the MIME type of {name or 'these bytes'}; pass mime_type=")
+    return f"data:{mime_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _url_of(source: str | os.PathLike[str] | bytes, mime_type: str | None) -> str:
+    if isinstance(source, str) and source.startswith(_URL_PREFIXES):
+        return source
+    return file_to_data_url(source, mime_type)
+
+
+def image_part(
+    source: str | os.PathLike[str] | bytes, *, detail: str | None = None, mime_type: str | None = None
+) -> dict[str, Any]:
+    """An ``image_url`` content part from a URL, a local file or bytes::
+
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part("cat.png")]}
+    """
+    image_url: dict[str, Any] = {"url": _url_of(source, mime_type)}
+    if detail is not None:
+        image_url["detail"] = detail
+    return {"type": "image_url", "image_url": image_url}
+
+
+def video_part(source: str | os.PathLike[str] | bytes, *, mime_type: str | None = None) -> dict[str, Any]:
+    """A ``video_url`` content part from a URL, a local file or bytes."""
+    return {"type": "video_url", "video_url": {"url": _url_of(source, mime_type)}}
+
+
+# -- Command line -------------------------------------------------------------
+
+DEFAULT_CLI_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+
+
+def _cli_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="together-lite",
+        description="Chat with, or complete text using, a Together AI model. Needs TOGETHER_API_KEY.",
+    )
+    parser.add_argument("--version", action="version", version=f"together_lite {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for name, help_text in (("chat", "chat with a model, streaming its answer"), ("complete", "complete a text prompt")):
+        command = commands.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
+        command.add_argument("prompt", nargs="?", help="the prompt; '-' (or none, with piped input) reads stdin")
+        command.add_argument("-m", "--model", default=None, help="model name (default: $TOGETHER_MODEL, else %s)" % DEFAULT_CLI_MODEL)
+        if name == "chat":
+            command.add_argument("-s", "--system", help="a system message")
+            command.add_argument("--image", action="append", default=[], metavar="PATH_OR_URL", help="add an image (repeatable)")
+        command.add_argument("--max-tokens", type=int, help="the most tokens to generate")
+        command.add_argument("--temperature", type=float, help="sampling temperature")
+        command.add_argument("--top-p", type=float, help="nucleus sampling threshold")
+        command.add_argument("--stop", action="append", metavar="TEXT", help="a stop sequence (repeatable)")
+        command.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+        command.add_argument("--json", action="store_true", help="print the whole response as JSON")
+        command.add_argument("--version", action="version", version=f"together_lite {__version__}")
+    return parser
+
+
+def _cli_prompt(parser: argparse.ArgumentParser, prompt: str | None) -> str:
+    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+        return sys.stdin.read()
+    if prompt is None:
+        parser.error("give a PROMPT, or pipe one on stdin")
+    return prompt
+
+
+def _cli_request(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "model": args.model or os.environ.get("TOGETHER_MODEL") or DEFAULT_CLI_MODEL,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "stop": args.stop,
+        "stream": not (args.no_stream or args.json),
+    }
+    if args.command == "complete":
+        request["prompt"] = prompt
+        return request
+    content: Any = prompt
+    if args.image:
+        content = [{"type": "text", "text": prompt}] + [image_part(image) for image in args.image]
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    request["messages"] = [*messages, {"role": "user", "content": content}]
+    return request
+
+
+def _cli_print(args: argparse.Namespace, result: Any) -> None:
+    out = sys.stdout
+    if args.json:
+        out.write(result.model_dump_json(indent=2) + "\n")
+        return
+    if not isinstance(result, Stream):
+        choice = result.choices[0]
+        out.write((choice.message.content if args.command == "chat" else choice.text) or "")
+        out.write("\n")
+        return
+    with result:
+        for chunk in result:
+            choice = chunk.choices[0] if chunk.choices else None
+            piece = (choice.delta.content if choice.delta else None) if args.command == "chat" else choice.text if choice else None
+            if piece:
+                out.write(piece)
+                out.flush()
+    out.write("\n")
+
+
+def _cli_error_line(exc: TogetherException) -> str:
+    message = exc.message
+    if exc.status_code is not None:
+        prefix = f"Error code: {exc.status_code} - "
+        message = f"{exc.status_code} {message[len(prefix):] if message.startswith(prefix) else message}"
+    return f"error: {message}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``together-lite`` command: ``chat`` and ``complete``. Returns the exit status."""
+    parser = _cli_parser()
+    args = parser.parse_args(argv)
+    try:
+        request = _cli_request(args, _cli_prompt(parser, args.prompt))
+        with Together() as client:
+            endpoint = client.chat.completions if args.command == "chat" else client.completions
+            _cli_print(args, endpoint.create(**request))
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 130
+    except TogetherException as exc:
+        sys.stdout.flush()
+        sys.stderr.write(_cli_error_line(exc) + "\n")
+        return 1
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    return 0
+
+
+_configure_logging(os.environ.get("TOGETHER_LOG"))
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,7 @@ Streaming (``stream=True``), ``AsyncTogether``, tools, JSON mode, logprobs,
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -32,12 +33,10 @@ from dataclasses import dataclass, fields
 TYPE_CHECKING = False  # saves importing typing at run time
 if TYPE_CHECKING:
     import argparse
-    import asyncio
     import concurrent.futures
     import logging
     import ssl
-    from types import TracebackType
-    from typing import Any, AsyncIterator, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
+    from typing import Any, Callable, ClassVar, Generator, Iterator, Mapping, Sequence
 
 __all__ = [
     # clients
@@ -425,7 +424,7 @@ class _Model:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._items() == other._items()  # type: ignore[attr-defined]
+        return self._items() == other._items()
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -906,12 +905,10 @@ class _SSEDecoder:
             self._data.append(value)
         elif name == "event":
             self._event = value
-        elif name == "id":
-            if "\0" not in value:
-                self._last_id = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                self._retry = int(value)
+        elif name == "id" and "\0" not in value:
+            self._last_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
         # Any other field is ignored, as the spec says.
 
 
@@ -929,8 +926,8 @@ class Stream:
     def __init__(self, response: _Response, parse: Callable[[Any], Any]) -> None:
         self.response = response
         self._parse = parse
-        self._batches = self._iter_batches()
-        self._chunks = self._iter_chunks()
+        self._batches: Generator[list[Any], None, None] = self._iter_batches()
+        self._chunks: Generator[Any, None, None] = self._iter_chunks()
         self._closed = False
 
     @property
@@ -965,11 +962,11 @@ class Stream:
             self.response.abort()
         self.response.close()
 
-    def _iter_chunks(self) -> Iterator[Any]:
+    def _iter_chunks(self) -> Generator[Any, None, None]:
         for batch in self._batches:
             yield from batch
 
-    def _iter_batches(self) -> Iterator[list[Any]]:
+    def _iter_batches(self) -> Generator[list[Any], None, None]:
         """Lists of chunks: everything each network read completed, so none waits for the next read."""
         response = self.response
         decoder = _SSEDecoder()
@@ -977,7 +974,7 @@ class Stream:
         finished = False
         try:
             for raw in response.iter_bytes():
-                batch = []
+                batch: list[Any] = []
                 for event in decoder.feed(raw):
                     data = event.data
                     if data.startswith("[DONE]"):
@@ -1237,10 +1234,8 @@ def _shut(connection: http.client.HTTPConnection) -> None:
     """Unblock any thread reading from this connection, then close it."""
     sock = connection.sock
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
     connection.close()
 
 
@@ -1575,7 +1570,7 @@ def _retry_delay(retries_taken: int, retry_after: float | None, jitter: float) -
     """Seconds to wait before the next attempt; ``jitter`` is a random number in [0, 1)."""
     if retry_after is not None and 0 < retry_after <= MAX_RETRY_AFTER:
         return retry_after
-    backoff = min(INITIAL_RETRY_DELAY * 2 ** min(retries_taken, 32), MAX_RETRY_DELAY)
+    backoff = min(INITIAL_RETRY_DELAY * 2.0 ** min(retries_taken, 32), MAX_RETRY_DELAY)
     return backoff * (1 - 0.25 * jitter)
 
 
@@ -2187,7 +2182,7 @@ class AsyncChatCompletions:
     async def create(self, **kwargs: Any) -> ChatCompletionResponse | AsyncStream:
         """Create a chat completion; see ``ChatCompletions.create`` for the parameters."""
         result = await self._client._run(self._client._sync.chat.completions.create, **kwargs)
-        return AsyncStream(result, self._client) if isinstance(result, Stream) else result  # type: ignore[no-any-return]
+        return AsyncStream(result, self._client) if isinstance(result, Stream) else result
 
 
 class AsyncChat:
@@ -2206,7 +2201,7 @@ class AsyncCompletions:
     async def create(self, **kwargs: Any) -> CompletionResponse | AsyncStream:
         """Create a text completion; see ``Completions.create`` for the parameters."""
         result = await self._client._run(self._client._sync.completions.create, **kwargs)
-        return AsyncStream(result, self._client) if isinstance(result, Stream) else result  # type: ignore[no-any-return]
+        return AsyncStream(result, self._client) if isinstance(result, Stream) else result
 
 
 AsyncChatCompletions.create.__doc__ = ChatCompletions.create.__doc__
@@ -2302,7 +2297,7 @@ def _cli_parser() -> argparse.ArgumentParser:
     for name, help_text in (("chat", "chat with a model, streaming its answer"), ("complete", "complete a text prompt")):
         command = commands.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
         command.add_argument("prompt", nargs="?", help="the prompt; '-' (or none, with piped input) reads stdin")
-        command.add_argument("-m", "--model", default=None, help="model name (default: $TOGETHER_MODEL, else %s)" % DEFAULT_CLI_MODEL)
+        command.add_argument("-m", "--model", default=None, help=f"model name (default: $TOGETHER_MODEL, else {DEFAULT_CLI_MODEL})")
         if name == "chat":
             command.add_argument("-s", "--system", help="a system message")
             command.add_argument("--image", action="append", default=[], metavar="PATH_OR_URL", help="add an image (repeatable)")
@@ -2356,12 +2351,21 @@ def _cli_print(args: argparse.Namespace, result: Any) -> None:
         return
     with result:
         for chunk in result:
-            choice = chunk.choices[0] if chunk.choices else None
-            piece = (choice.delta.content if choice.delta else None) if args.command == "chat" else choice.text if choice else None
+            piece = _cli_piece(args.command, chunk)
             if piece:
                 out.write(piece)
                 out.flush()
     out.write("\n")
+
+
+def _cli_piece(command: str, chunk: Any) -> str | None:
+    """The new text in a stream chunk, if any."""
+    if not chunk.choices:
+        return None
+    choice = chunk.choices[0]
+    if command == "complete":
+        return choice.text  # type: ignore[no-any-return]
+    return choice.delta.content if choice.delta is not None else None
 
 
 def _cli_error_line(exc: TogetherException) -> str:

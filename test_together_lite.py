@@ -109,6 +109,7 @@ Action = Callable[["Handler"], None]
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: Server
 
     def log_message(self, *args: Any) -> None:

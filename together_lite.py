@@ -18,23 +18,23 @@ Streaming (``stream=True``), ``AsyncTogether``, tools, JSON mode, logprobs,
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
 import os
 import re
-import select
-import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, fields
 
+# http.client (with email and ssl), socket and the rest are imported when first
+# needed, so that importing this module stays cheap for scripts and AWS Lambda.
 TYPE_CHECKING = False  # saves importing typing at run time
 if TYPE_CHECKING:
     import argparse
     import concurrent.futures
+    import http.client
     import logging
+    import socket
     import ssl
     from typing import Any, Callable, ClassVar, Generator, Iterator, Mapping, Sequence
 
@@ -333,6 +333,8 @@ def _status_error(status: int, reason: str, headers: Mapping[str, str], raw: byt
 
 
 def _status_phrase(status: int) -> str:
+    import http
+
     try:
         return http.HTTPStatus(status).phrase
     except ValueError:
@@ -357,6 +359,9 @@ def _stream_error(data: Any, headers: Mapping[str, str], status: int) -> APIErro
 
 def _connection_error(exc: BaseException, doing: str) -> APIConnectionError:
     """Translate a socket, TLS or HTTP-parsing failure into a together_lite error."""
+    import http.client
+    import socket
+
     if isinstance(exc, APIConnectionError):
         return exc
     if isinstance(exc, (socket.timeout, TimeoutError)):
@@ -384,19 +389,26 @@ class _Model:
 
     _NESTED: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]] = ()
 
+    def __init__(self, **data: Any) -> None:
+        """Fields by name; names the type does not declare are kept too, as in a response."""
+        self._fill(data)
+
     @classmethod
     def _parse(cls, data: Any) -> Any:
         """Build from decoded JSON; anything but an object is returned unchanged."""
         if type(data) is not dict:
             return data
         obj = cls.__new__(cls)
-        attrs = obj.__dict__
+        obj._fill(data)
+        return obj
+
+    def _fill(self, data: dict[str, Any]) -> None:
+        attrs = self.__dict__
         attrs.update(data)
-        for name, convert in cls._NESTED:
+        for name, convert in self._NESTED:
             value = data.get(name)
             if value is not None:
                 attrs[name] = convert(value)
-        return obj
 
     def _items(self) -> dict[str, Any]:
         items = {field.name: getattr(self, field.name) for field in fields(self)}  # type: ignore[arg-type]
@@ -452,7 +464,7 @@ def _list_of(model: type[_Model]) -> Callable[[Any], Any]:
     return convert
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class FunctionCall(_Model):
     """The function a tool call invokes; ``arguments`` is a JSON string."""
 
@@ -460,7 +472,7 @@ class FunctionCall(_Model):
     arguments: str | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class ToolCall(_Model):
     """One tool call made by the model."""
 
@@ -470,7 +482,7 @@ class ToolCall(_Model):
     index: int | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class Usage(_Model):
     """Token counts of a request."""
 
@@ -479,7 +491,7 @@ class Usage(_Model):
     total_tokens: int | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class Logprobs(_Model):
     """Log probabilities of the generated (or, with ``echo``, the prompt's) tokens."""
 
@@ -490,7 +502,7 @@ class Logprobs(_Model):
     text_offset: list[int] | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class PromptPart(_Model):
     """The prompt echoed back with ``echo=True``, with its log probabilities."""
 
@@ -498,14 +510,14 @@ class PromptPart(_Model):
     logprobs: Logprobs | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class InferenceWarning(_Model):
     """A warning the server attached to a result."""
 
     message: str | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class ChatMessage(_Model):
     """The assistant's message in a chat completion."""
 
@@ -517,7 +529,7 @@ class ChatMessage(_Model):
     function_call: FunctionCall | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class ChatChoice(_Model):
     """One choice of a chat completion."""
 
@@ -528,7 +540,7 @@ class ChatChoice(_Model):
     seed: int | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class ChatCompletionResponse(_Model):
     """The result of ``client.chat.completions.create(...)``."""
 
@@ -543,7 +555,7 @@ class ChatCompletionResponse(_Model):
     system_fingerprint: str | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class ChatDelta(_Model):
     """The new part of the message carried by one stream chunk."""
 
@@ -556,7 +568,7 @@ class ChatDelta(_Model):
     function_call: FunctionCall | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class ChatChoiceDelta(_Model):
     """One choice of a chat stream chunk."""
 
@@ -567,7 +579,7 @@ class ChatChoiceDelta(_Model):
     seed: int | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class CompletionToken(_Model):
     """The token carried by one completion stream chunk."""
 
@@ -577,7 +589,7 @@ class CompletionToken(_Model):
     special: bool | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class ChatCompletionChunk(_Model):
     """One chunk of a streamed chat completion."""
 
@@ -593,7 +605,7 @@ class ChatCompletionChunk(_Model):
     warnings: list[InferenceWarning] | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class CompletionChoice(_Model):
     """One choice of a text completion."""
 
@@ -604,7 +616,7 @@ class CompletionChoice(_Model):
     seed: int | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class CompletionResponse(_Model):
     """The result of ``client.completions.create(...)``."""
 
@@ -618,7 +630,7 @@ class CompletionResponse(_Model):
     warnings: list[InferenceWarning] | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class CompletionChoiceDelta(_Model):
     """One choice of a text completion stream chunk."""
 
@@ -630,7 +642,7 @@ class CompletionChoiceDelta(_Model):
     delta: ChatDelta | None = None
 
 
-@dataclass(repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class CompletionChunk(_Model):
     """One chunk of a streamed text completion."""
 
@@ -1232,15 +1244,20 @@ def _cancelled_error() -> APIConnectionError:
 
 def _shut(connection: http.client.HTTPConnection) -> None:
     """Unblock any thread reading from this connection, then close it."""
+    import contextlib
+    import socket
+
     sock = connection.sock
     if sock is not None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # already closed by the other side
             sock.shutdown(socket.SHUT_RDWR)
     connection.close()
 
 
 def _is_dropped(sock: socket.socket) -> bool:
     """Whether an idle kept-alive socket was closed by the server (it reads as ready before we ask)."""
+    import select
+
     try:
         if hasattr(select, "poll"):
             poller = select.poll()
@@ -1418,6 +1435,8 @@ class _ConnectionPool:
         return self._proxies[origin]
 
     def _connect(self, origin: tuple[str, str, int], timeout: float) -> http.client.HTTPConnection:
+        import http.client
+
         scheme, host, port = origin
         proxy = self.proxy_for(origin)
         if scheme == "http":
@@ -1758,14 +1777,15 @@ class Together:
         logger = _get_logger(10)
         if logger is not None:
             logger.debug("request body %s", data.decode("utf-8", "replace"))
-        response = self._send(self._base_path + endpoint, headers, data, options)
+        response = self._send(endpoint, headers, data, options)
         if stream:
             return _open_stream(response, parse)
         return parse(_json_result(response))
 
-    def _send(self, path: str, headers: Mapping[str, str], data: bytes, options: _RequestOptions) -> _Response:
+    def _send(self, endpoint: str, headers: Mapping[str, str], data: bytes, options: _RequestOptions) -> _Response:
         """Send with retries: on connection errors, timeouts, 408, 409, 429 and 5xx."""
         cancel = options.cancel
+        path = self._base_path + endpoint
         for retries_taken in range(options.max_retries + 1):
             started = time.monotonic()
             try:
@@ -1775,7 +1795,7 @@ class Together:
                     raise
                 self._wait(retries_taken, None, str(exc), options)
                 continue
-            _log_response(path, response, time.monotonic() - started)
+            _log_response(self.base_url + endpoint, response, time.monotonic() - started)
             if response.status < 300:
                 return response
             if retries_taken < options.max_retries and _should_retry(response.status, response.headers):
@@ -1804,11 +1824,11 @@ class Together:
 Client = Together
 
 
-def _log_response(path: str, response: _Response, elapsed: float) -> None:
+def _log_response(url: str, response: _Response, elapsed: float) -> None:
     logger = _get_logger(20)
     if logger is not None:
         request_id = response.headers.get("x-request-id") or response.headers.get("cf-ray")
-        logger.info("POST %s -> %d in %.3fs (request id %s)", path, response.status, elapsed, request_id)
+        logger.info("POST %s -> %d in %.3fs (request id %s)", url, response.status, elapsed, request_id)
 
 
 def _error_response(response: _Response) -> APIStatusError:

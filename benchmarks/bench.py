@@ -55,7 +55,7 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
-    from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+    from typing import Any, Callable
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARKER = "BENCH_RESULT "
@@ -114,7 +114,7 @@ IMPORT_STATEMENTS = {
 ROWS = ["import", "cold", "http", "https", "slow", "stream", "async", "rss"]
 
 
-def row_label(row: str, sizes: Dict[str, int]) -> str:
+def row_label(row: str, sizes: dict[str, int]) -> str:
     """The table's first column for ROW, with its unit."""
     labels = {
         "import": "1. import (ms)",
@@ -137,7 +137,7 @@ def row_label(row: str, sizes: Dict[str, int]) -> str:
 class Target:
     """Where a worker sends requests: a base URL and, for HTTPS, a CA file."""
 
-    def __init__(self, url: str, cafile: Optional[str] = None) -> None:
+    def __init__(self, url: str, cafile: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.cafile = cafile or None
         scheme, _, hostport = self.url.partition("://")
@@ -146,7 +146,7 @@ class Target:
         self.host = host
         self.port = int(port)
 
-    def ssl_context(self) -> Optional[ssl.SSLContext]:
+    def ssl_context(self) -> ssl.SSLContext | None:
         """A verifying client context trusting only the bench CA (None for HTTP)."""
         if not self.is_https:
             return None
@@ -155,8 +155,8 @@ class Target:
         return ssl.create_default_context(cafile=self.cafile)
 
 
-def chat_payload(stream: bool = False, max_tokens: int = MAX_TOKENS) -> Dict[str, Any]:
-    payload = {"model": MODEL, "messages": MESSAGES, "max_tokens": max_tokens}  # type: Dict[str, Any]
+def chat_payload(stream: bool = False, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": max_tokens}
     if stream:
         payload["stream"] = True
     return payload
@@ -170,7 +170,7 @@ class SdkSession:
 
     def chat(self) -> None:
         response = self.client.chat.completions.create(**chat_payload())
-        response.choices[0].message.content
+        _ = response.choices[0].message.content
 
     def stream(self, chunks: int) -> int:
         received = 0
@@ -193,25 +193,26 @@ class HttpClientFloor:
         import json
 
         self.json = json
+        self.conn: http.client.HTTPConnection
         if target.is_https:
             self.conn = http.client.HTTPSConnection(
                 target.host, target.port, timeout=CLIENT_TIMEOUT, context=target.ssl_context()
-            )  # type: http.client.HTTPConnection
+            )
         else:
             self.conn = http.client.HTTPConnection(target.host, target.port, timeout=CLIENT_TIMEOUT)
         self.headers = {"Content-Type": "application/json", "Authorization": "Bearer " + API_KEY}
 
-    def _post(self, payload: Dict[str, Any]) -> Any:
+    def _post(self, payload: dict[str, Any]) -> Any:
         body = self.json.dumps(payload).encode()
         self.conn.request("POST", "/v1/chat/completions", body=body, headers=self.headers)
         response = self.conn.getresponse()
         if response.status != 200:
-            raise RuntimeError("HTTP %d" % response.status)
+            raise RuntimeError(f"HTTP {response.status}")
         return response
 
     def chat(self) -> None:
         data = self.json.loads(self._post(chat_payload()).read())
-        data["choices"][0]["message"]["content"]
+        _ = data["choices"][0]["message"]["content"]
 
     def stream(self, chunks: int) -> int:
         response = self._post(chat_payload(True, chunks))
@@ -228,7 +229,6 @@ class UrllibFloor:
 
     def __init__(self, target: Target) -> None:
         import json
-        import ssl  # noqa: F401  (part of what a urllib HTTPS user imports)
         import urllib.request
 
         self.json = json
@@ -237,7 +237,7 @@ class UrllibFloor:
         self.context = target.ssl_context()
         self.headers = {"Content-Type": "application/json", "Authorization": "Bearer " + API_KEY}
 
-    def _open(self, payload: Dict[str, Any]) -> Any:
+    def _open(self, payload: dict[str, Any]) -> Any:
         request = self.request.Request(
             self.url, data=self.json.dumps(payload).encode(), headers=self.headers, method="POST"
         )
@@ -246,7 +246,7 @@ class UrllibFloor:
     def chat(self) -> None:
         with self._open(chat_payload()) as response:
             data = self.json.loads(response.read())
-        data["choices"][0]["message"]["content"]
+        _ = data["choices"][0]["message"]["content"]
 
     def stream(self, chunks: int) -> int:
         with self._open(chat_payload(True, chunks)) as response:
@@ -291,14 +291,18 @@ def open_together1(target: Target) -> SdkSession:
     from together import Together
 
     return SdkSession(
-        Together(api_key=API_KEY, base_url=target.url + "/v1", max_retries=0, timeout=CLIENT_TIMEOUT)
+        Together(
+            api_key=API_KEY, base_url=target.url + "/v1", max_retries=0, timeout=CLIENT_TIMEOUT
+        )
     )
 
 
 def open_together3(target: Target) -> SdkSession:
     import together
 
-    http_client = together.DefaultHttpxClient(verify=target.ssl_context()) if target.is_https else None
+    http_client = (
+        together.DefaultHttpxClient(verify=target.ssl_context()) if target.is_https else None
+    )
     # together 3.x puts /v1 into its request paths, so the base URL has none.
     return SdkSession(
         together.Together(
@@ -314,7 +318,9 @@ def open_together3(target: Target) -> SdkSession:
 def open_openai(target: Target) -> SdkSession:
     import openai
 
-    http_client = openai.DefaultHttpxClient(verify=target.ssl_context()) if target.is_https else None
+    http_client = (
+        openai.DefaultHttpxClient(verify=target.ssl_context()) if target.is_https else None
+    )
     return SdkSession(
         openai.OpenAI(
             api_key=API_KEY,
@@ -326,14 +332,14 @@ def open_openai(target: Target) -> SdkSession:
     )
 
 
-SYNC_OPENERS = {
+SYNC_OPENERS: dict[str, Callable[[Target], Any]] = {
     "together_lite": open_together_lite,
     "httpclient": HttpClientFloor,
     "urllib": UrllibFloor,
     "together1": open_together1,
     "together3": open_together3,
     "openai": open_openai,
-}  # type: Dict[str, Callable[[Target], Any]]
+}
 
 
 def async_together_lite(target: Target) -> Any:
@@ -356,7 +362,9 @@ def async_together1(target: Target) -> Any:
 def async_together3(target: Target) -> Any:
     from together import AsyncTogether
 
-    return AsyncTogether(api_key=API_KEY, base_url=target.url, max_retries=0, timeout=CLIENT_TIMEOUT)
+    return AsyncTogether(
+        api_key=API_KEY, base_url=target.url, max_retries=0, timeout=CLIENT_TIMEOUT
+    )
 
 
 def async_openai(target: Target) -> Any:
@@ -367,12 +375,12 @@ def async_openai(target: Target) -> Any:
     )
 
 
-ASYNC_OPENERS = {
+ASYNC_OPENERS: dict[str, Callable[[Target], Any]] = {
     "together_lite": async_together_lite,
     "together1": async_together1,
     "together3": async_together3,
     "openai": async_openai,
-}  # type: Dict[str, Callable[[Target], Any]]
+}
 
 
 # ---------------------------------------------------------------------------
@@ -397,7 +405,7 @@ def time_cold_start(client: str, target: Target) -> float:
     return elapsed
 
 
-def time_sequential(client: str, target: Target, calls: int, runs: int) -> List[float]:
+def time_sequential(client: str, target: Target, calls: int, runs: int) -> list[float]:
     """RUNS timings of CALLS sequential chat calls, each on a fresh warmed-up client."""
     times = []
     for _ in range(runs):
@@ -411,7 +419,7 @@ def time_sequential(client: str, target: Target, calls: int, runs: int) -> List[
     return times
 
 
-def time_stream(client: str, target: Target, chunks: int, runs: int) -> List[float]:
+def time_stream(client: str, target: Target, chunks: int, runs: int) -> list[float]:
     """RUNS timings of consuming one CHUNKS-chunk stream."""
     times = []
     for _ in range(runs):
@@ -422,11 +430,11 @@ def time_stream(client: str, target: Target, chunks: int, runs: int) -> List[flo
         times.append(time.perf_counter() - start)
         session.close()
         if received != chunks:
-            raise RuntimeError("received %d of %d chunks" % (received, chunks))
+            raise RuntimeError(f"received {received} of {chunks} chunks")
     return times
 
 
-def time_async(client: str, target: Target, calls: int, runs: int) -> List[float]:
+def time_async(client: str, target: Target, calls: int, runs: int) -> list[float]:
     """RUNS timings of CALLS concurrent async chat calls."""
     import asyncio
 
@@ -441,7 +449,7 @@ async def _async_sdk_run(client: str, target: Target, calls: int) -> float:
 
     async def one_call() -> None:
         response = await sdk.chat.completions.create(**chat_payload())
-        response.choices[0].message.content
+        _ = response.choices[0].message.content
 
     try:
         await one_call()  # warm-up
@@ -467,7 +475,7 @@ async def _async_urllib_run(client: str, target: Target, calls: int) -> float:
     return time.perf_counter() - start
 
 
-def worker_main(argv: List[str]) -> None:
+def worker_main(argv: list[str]) -> None:
     """`--worker CLIENT WORKLOAD url=... [cafile=...] [count=N] [runs=N]`.
 
     Arguments are plain strings (not JSON) so that nothing a client needs is
@@ -477,7 +485,7 @@ def worker_main(argv: List[str]) -> None:
     params = dict(arg.split("=", 1) for arg in argv[2:])
     target = Target(params["url"], params.get("cafile"))
     count, runs = int(params.get("count", "1")), int(params.get("runs", "1"))
-    result = {}  # type: Dict[str, Any]
+    result: dict[str, Any] = {}
     if workload == "cold":
         result["samples"] = [time_cold_start(client, target)]
     elif workload == "seq":
@@ -519,8 +527,8 @@ def stream_body(chunks: int) -> bytes:
     """A Together-style SSE chat stream of CHUNKS content chunks, then [DONE]."""
     import json
 
-    def event(finish_reason: Optional[str], usage: Optional[Dict[str, int]]) -> bytes:
-        chunk = {
+    def event(finish_reason: str | None, usage: dict[str, int] | None) -> bytes:
+        chunk: dict[str, Any] = {
             "id": "8f5a9c1e2b3d4f61-SJC",
             "object": "chat.completion.chunk",
             "created": 1700000000,
@@ -533,7 +541,7 @@ def stream_body(chunks: int) -> bytes:
                     "logprobs": None,
                 }
             ],
-        }  # type: Dict[str, Any]
+        }
         if usage is not None:
             chunk["usage"] = usage
         return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
@@ -543,7 +551,7 @@ def stream_body(chunks: int) -> bytes:
     return middle * (chunks - 1) + event("stop", usage) + b"data: [DONE]\n\n"
 
 
-def chunked_pieces(body: bytes, size: int = STREAM_WRITE_SIZE) -> List[bytes]:
+def chunked_pieces(body: bytes, size: int = STREAM_WRITE_SIZE) -> list[bytes]:
     """BODY split into writes of SIZE bytes, framed for Transfer-Encoding: chunked."""
     pieces = []
     for start in range(0, len(body), size):
@@ -553,14 +561,14 @@ def chunked_pieces(body: bytes, size: int = STREAM_WRITE_SIZE) -> List[bytes]:
     return pieces
 
 
-def make_http_server(tls: Optional[ssl.SSLContext], accept_delay: float) -> Any:
+def make_http_server(tls: ssl.SSLContext | None, accept_delay: float) -> Any:
     """A threaded HTTP/1.1 keep-alive server on 127.0.0.1 (port 0 = any)."""
     import json
     import socketserver
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     chat_body = json.dumps(CHAT_RESPONSE).encode()
-    stream_cache = {}  # type: Dict[int, List[bytes]]
+    stream_cache: dict[int, list[bytes]] = {}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -657,7 +665,7 @@ async def _read_chunked(reader: Any) -> None:
             return
 
 
-async def _serve_forever(ports: Dict[str, int]) -> None:
+async def _serve_forever(ports: dict[str, int]) -> None:
     import asyncio
     import json
 
@@ -706,8 +714,9 @@ def make_tls_files(directory: str) -> str:
     """A throwaway CA and a server certificate for 127.0.0.1; returns the CA path."""
     import subprocess
 
-    def openssl(*args: str) -> None:
-        subprocess.run(("openssl",) + args, cwd=directory, check=True, capture_output=True)
+    def openssl(command: str, *extra: str) -> None:
+        args = ["openssl", *command.split(), *extra]
+        subprocess.run(args, cwd=directory, check=True, capture_output=True)
 
     with open(os.path.join(directory, "server.ext"), "w") as ext:
         ext.write(
@@ -718,14 +727,19 @@ def make_tls_files(directory: str) -> str:
             "subjectKeyIdentifier=hash\n"
             "authorityKeyIdentifier=keyid,issuer\n"
         )
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=together_lite bench CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext")  # fmt: skip
+    new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    openssl(
+        f"req -x509 {new_key} -keyout ca.key -out ca.pem -days 2"
+        " -addext basicConstraints=critical,CA:TRUE"
+        " -addext keyUsage=critical,keyCertSign,cRLSign",
+        "-subj",
+        "/CN=together_lite bench CA",
+    )
+    openssl(f"req {new_key} -keyout server.key -out server.csr -subj /CN=127.0.0.1")
+    openssl(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
+        " -out server.pem -days 2 -extfile server.ext"
+    )
     return os.path.join(directory, "ca.pem")
 
 
@@ -734,17 +748,23 @@ def make_tls_files(directory: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def median(samples: List[float]) -> float:
+def median(samples: list[float]) -> float:
     import statistics
 
     return statistics.median(samples)
 
 
-def worker_env(pycache: str) -> Dict[str, str]:
+def worker_env(pycache: str) -> dict[str, str]:
     """The environment for client processes: no proxies, no banner, no
-    base-URL overrides, bytecode cached outside the repository."""
+    base-URL overrides, and bytecode cached (as a user's would be) but outside
+    the repository."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    for name in ("TOGETHER_BASE_URL", "OPENAI_BASE_URL", "REQUESTS_CA_BUNDLE", "PYTHONDONTWRITEBYTECODE"):
+    for name in (
+        "TOGETHER_BASE_URL",
+        "OPENAI_BASE_URL",
+        "REQUESTS_CA_BUNDLE",
+        "PYTHONDONTWRITEBYTECODE",
+    ):
         env.pop(name, None)
     env.update(
         TOGETHER_NO_BANNER="1",
@@ -758,8 +778,14 @@ def worker_env(pycache: str) -> Dict[str, str]:
 class Runner:
     """Runs measurements in subprocesses and collects the results."""
 
-    def __init__(self, interpreters: Dict[str, str], sizes: Dict[str, int], ports: Dict[str, int],
-                 cafile: str, env: Dict[str, str]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        interpreters: dict[str, str],
+        sizes: dict[str, int],
+        ports: dict[str, int],
+        cafile: str,
+        env: dict[str, str],
+    ) -> None:
         self.interpreters = interpreters
         self.sizes = sizes
         self.ports = ports
@@ -768,55 +794,64 @@ class Runner:
 
     def url(self, server: str) -> str:
         scheme = "https" if server in ("https", "slow") else "http"
-        return "%s://127.0.0.1:%d" % (scheme, self.ports[server])
+        return f"{scheme}://127.0.0.1:{self.ports[server]}"
 
-    def _run(self, client: str, args: List[str]) -> str:
+    def _run(self, client: str, args: list[str]) -> str:
         import subprocess
 
         proc = subprocess.run(
-            [self.interpreters[client]] + args,
+            [self.interpreters[client], *args],
             env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            universal_newlines=True,
+            capture_output=True,
+            text=True,
             timeout=WORKER_TIMEOUT,
         )
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
-            raise RuntimeError("exit %d: %s" % (proc.returncode, tail))
+            raise RuntimeError(f"exit {proc.returncode}: {tail}")
         return proc.stdout
 
-    def worker(self, client: str, workload: str, server: str, count: int = 1,
-               runs: int = 1) -> Dict[str, Any]:  # fmt: skip
+    def worker(
+        self, client: str, workload: str, server: str, count: int = 1, runs: int = 1
+    ) -> dict[str, Any]:
         import json
 
-        args = [os.path.abspath(__file__), "--worker", client, workload, "url=" + self.url(server),
-                "count=%d" % count, "runs=%d" % runs]  # fmt: skip
+        args = [
+            os.path.abspath(__file__),
+            "--worker",
+            client,
+            workload,
+            "url=" + self.url(server),
+            f"count={count}",
+            f"runs={runs}",
+        ]
         if server in ("https", "slow"):
             args.append("cafile=" + self.cafile)
         for line in self._run(client, args).splitlines():
             if line.startswith(RESULT_MARKER):
-                return json.loads(line[len(RESULT_MARKER) :])
+                result: dict[str, Any] = json.loads(line[len(RESULT_MARKER) :])
+                return result
         raise RuntimeError("worker printed no result")
 
-    def import_time(self, client: str) -> List[float]:
+    def import_time(self, client: str) -> list[float]:
         snippet = (
             "import sys, time\n"
-            "sys.path.insert(0, %r)\n"
+            f"sys.path.insert(0, {REPO_ROOT!r})\n"
             "t0 = time.perf_counter()\n"
-            "%s\n"
-            "print(time.perf_counter() - t0)\n" % (REPO_ROOT, IMPORT_STATEMENTS[client])
+            f"{IMPORT_STATEMENTS[client]}\n"
+            "print(time.perf_counter() - t0)\n"
         )
         self._run(client, ["-c", snippet])  # warm-up: bytecode and file caches
         return [float(self._run(client, ["-c", snippet])) for _ in range(self.sizes["import_reps"])]
 
-    def cold_start(self, client: str) -> List[float]:
+    def cold_start(self, client: str) -> list[float]:
         self.worker(client, "cold", "http")  # warm-up
         return [
-            self.worker(client, "cold", "http")["samples"][0] for _ in range(self.sizes["cold_reps"])
+            self.worker(client, "cold", "http")["samples"][0]
+            for _ in range(self.sizes["cold_reps"])
         ]
 
-    def measure(self, row: str, client: str, cache: Dict[Tuple[str, str], Any]) -> Dict[str, Any]:
+    def measure(self, row: str, client: str, cache: dict[tuple[str, str], Any]) -> dict[str, Any]:
         """Median and samples of ROW for CLIENT (seconds, or MiB for rss)."""
         s = self.sizes
         runs = s["runs"]
@@ -829,7 +864,10 @@ class Runner:
                 cache[client, "http"] = self.worker(client, "seq", "http", s["http_calls"], runs)
             result = cache[client, "http"]
             if row == "rss":
-                return {"median": result["rss_kib"] / 1024.0, "samples": [result["rss_kib"] / 1024.0]}
+                return {
+                    "median": result["rss_kib"] / 1024.0,
+                    "samples": [result["rss_kib"] / 1024.0],
+                }
             samples = result["samples"]
         elif row == "https":
             samples = self.worker(client, "seq", "https", s["https_calls"], runs)["samples"]
@@ -856,7 +894,9 @@ def make_bare_venv(directory: str) -> str:
     return os.path.join(directory, "bin", "python")
 
 
-def locate_clients(clients: List[str], peers: str, own_python: str) -> Tuple[Dict[str, str], List[str]]:
+def locate_clients(
+    clients: list[str], peers: str, own_python: str, env: dict[str, str]
+) -> tuple[dict[str, str], list[str]]:
     """The interpreter for each usable client, and notes on skipped ones."""
     import subprocess
 
@@ -865,49 +905,57 @@ def locate_clients(clients: List[str], peers: str, own_python: str) -> Tuple[Dic
         if client in PEER_VENVS:
             python = os.path.join(peers, PEER_VENVS[client], "bin", "python")
             if not os.path.exists(python):
-                notes.append("%s skipped: no venv at %s" % (CLIENT_TITLES[client], os.path.dirname(os.path.dirname(python))))
+                venv = os.path.join(peers, PEER_VENVS[client])
+                notes.append(f"{CLIENT_TITLES[client]} skipped: no venv at {venv}")
                 continue
         else:
             python = own_python
         if client == "together_lite":
-            check = "import sys; sys.path.insert(0, %r); import together_lite" % REPO_ROOT
-            proc = subprocess.run([python, "-c", check], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            check = f"import sys; sys.path.insert(0, {REPO_ROOT!r}); import together_lite"
+            proc = subprocess.run(
+                [python, "-c", check], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
             if proc.returncode != 0:
                 last = (proc.stdout.decode(errors="replace").strip().splitlines() or ["?"])[-1]
-                notes.append("together_lite skipped: does not import (%s)" % last)
+                notes.append(f"together_lite skipped: does not import ({last})")
                 continue
         interpreters[client] = python
     return interpreters, notes
 
 
-def describe_interpreters(interpreters: Dict[str, str]) -> List[str]:
+def python_output(python: str, code: str) -> str:
+    """What PYTHON prints when running CODE (empty on failure)."""
     import subprocess
 
+    run = subprocess.run([python, "-c", code], stdout=subprocess.PIPE, text=True)
+    return run.stdout.strip()
+
+
+def describe_interpreters(interpreters: dict[str, str]) -> list[str]:
+    """One line per client: its Python version, interpreter and package version."""
     lines = []
     for client, python in interpreters.items():
-        version = subprocess.run(
-            [python, "-c", "import platform; print(platform.python_version())"],
-            stdout=subprocess.PIPE, universal_newlines=True,
-        ).stdout.strip()  # fmt: skip
-        detail = ""
+        version = python_output(python, "import platform; print(platform.python_version())")
+        line = f"- {CLIENT_TITLES[client]}: Python {version} ({python})"
         if client in PEER_VENVS:
             dist = "openai" if client == "openai" else "together"
-            detail = " " + dist + " " + subprocess.run(
-                [python, "-c", "from importlib.metadata import version; print(version(%r))" % dist],
-                stdout=subprocess.PIPE, universal_newlines=True,
-            ).stdout.strip()  # fmt: skip
-        lines.append("- %s: Python %s (%s)%s" % (CLIENT_TITLES[client], version, python, detail))
+            code = f"from importlib.metadata import version; print(version({dist!r}))"
+            line += f", {dist} {python_output(python, code)}"
+        lines.append(line)
     return lines
 
 
-def start_server(tls_dir: str) -> Tuple[Any, Dict[str, int]]:
+def start_server(tls_dir: str) -> tuple[Any, dict[str, int]]:
     import json
     import subprocess
 
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--serve", tls_dir],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
         proc.kill()
@@ -924,31 +972,31 @@ def stop_server(proc: Any) -> None:
         proc.wait()
 
 
-def format_value(row: str, value: Optional[float]) -> str:
+def format_value(row: str, value: float | None) -> str:
     if value is None:
         return "n/a"
     if row != "rss":
         value *= 1000.0  # seconds -> ms
     if value >= 100:
-        return "{:,.0f}".format(value)
+        return f"{value:,.0f}"
     if value >= 10:
-        return "{:.1f}".format(value)
-    return "{:.2f}".format(value)
+        return f"{value:.1f}"
+    return f"{value:.2f}"
 
 
-def format_ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
+def format_ratio(numerator: float | None, denominator: float | None) -> str:
     if numerator is None or not denominator:
         return "n/a"
-    return "{:.2f}x".format(numerator / denominator)
+    return f"{numerator / denominator:.2f}x"
 
 
-def render_table(rows: List[str], results: Dict[str, Dict[str, Any]], sizes: Dict[str, int]) -> str:
+def render_table(rows: list[str], results: dict[str, dict[str, Any]], sizes: dict[str, int]) -> str:
     header = ["workload"] + [CLIENT_TITLES[c] for c in CLIENTS]
     header += ["together_lite / floor", "together_lite / together 1.6"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
     for row in rows:
         cells = [row_label(row, sizes)]
-        medians = {}  # type: Dict[str, Optional[float]]
+        medians: dict[str, float | None] = {}
         for client in CLIENTS:
             entry = results.get(row, {}).get(client)
             if entry is None:
@@ -968,7 +1016,7 @@ def render_table(rows: List[str], results: Dict[str, Dict[str, Any]], sizes: Dic
     return "\n".join(lines)
 
 
-def parse_selection(text: Optional[str], choices: List[str], what: str) -> List[str]:
+def parse_selection(text: str | None, choices: list[str], what: str) -> list[str]:
     """Comma-separated names (or 1-based numbers) from CHOICES, in CHOICES order."""
     if not text:
         return list(choices)
@@ -978,27 +1026,32 @@ def parse_selection(text: Optional[str], choices: List[str], what: str) -> List[
         if item.isdigit() and 1 <= int(item) <= len(choices):
             item = choices[int(item) - 1]
         if item not in choices:
-            raise SystemExit("unknown %s %r (choose from %s)" % (what, item, ", ".join(choices)))
+            raise SystemExit(
+                "unknown {} {!r} (choose from {})".format(what, item, ", ".join(choices))
+            )
         picked.add(item)
     return [c for c in choices if c in picked]
 
 
-def parse_args(argv: Optional[List[str]]) -> Any:
+def parse_args(argv: list[str] | None) -> Any:
     import argparse
 
     parser = argparse.ArgumentParser(description="Benchmark together_lite on 127.0.0.1.")
     parser.add_argument("--json", metavar="PATH", help="save raw numbers to PATH")
-    parser.add_argument("--only", metavar="ROWS",
-                        help="rows to run, by number or name: " + ",".join(ROWS))  # fmt: skip
-    parser.add_argument("--clients", metavar="LIST",
-                        help="clients to run: " + ",".join(CLIENTS))  # fmt: skip
+    parser.add_argument(
+        "--only", metavar="ROWS", help="rows to run, by number or name: " + ",".join(ROWS)
+    )
+    parser.add_argument("--clients", metavar="LIST", help="clients to run: " + ",".join(CLIENTS))
     parser.add_argument("--quick", action="store_true", help="small sizes, for development")
-    parser.add_argument("--peers", default=os.environ.get("PEERS", "/tmp/peers"),
-                        help="directory of peer venvs (default $PEERS or /tmp/peers)")  # fmt: skip
+    parser.add_argument(
+        "--peers",
+        default=os.environ.get("PEERS", "/tmp/peers"),
+        help="directory of peer venvs (default $PEERS or /tmp/peers)",
+    )
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import platform
     import tempfile
 
@@ -1009,16 +1062,19 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     print("# together_lite benchmark")
     print()
-    print("- Python %s (%s), %s %s, nproc %s" % (
-        platform.python_version(), sys.executable, platform.system(), platform.machine(),
-        os.cpu_count()))  # fmt: skip
+    print(
+        f"- Python {platform.python_version()} ({sys.executable}),"
+        f" {platform.system()} {platform.machine()}, nproc {os.cpu_count()}"
+    )
+    env = worker_env(os.path.join(tempfile.gettempdir(), "together-lite-bench-pycache"))
     with tempfile.TemporaryDirectory(prefix="together-lite-bench-") as tmp:
         own_python = make_bare_venv(os.path.join(tmp, "venv"))
-        interpreters, notes = locate_clients(clients, os.path.abspath(args.peers), own_python)
+        peers = os.path.abspath(args.peers)
+        interpreters, notes = locate_clients(clients, peers, own_python, env)
         for line in describe_interpreters(interpreters):
             print(line)
         sys.stdout.flush()
-        results = run_all(rows, interpreters, sizes, tmp)
+        results = run_all(rows, interpreters, sizes, env, tmp)
 
     print()
     print(render_table(rows, results, sizes))
@@ -1032,18 +1088,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def run_all(rows: List[str], interpreters: Dict[str, str], sizes: Dict[str, int],
-            tmp: str) -> Dict[str, Dict[str, Any]]:  # fmt: skip
+def run_all(
+    rows: list[str],
+    interpreters: dict[str, str],
+    sizes: dict[str, int],
+    env: dict[str, str],
+    tmp: str,
+) -> dict[str, dict[str, Any]]:
     """Start the server, measure every (row, client), stop the server."""
-    import tempfile
-
-    results = {}  # type: Dict[str, Dict[str, Any]]
+    results: dict[str, dict[str, Any]] = {}
     cafile = make_tls_files(tmp)
     server, ports = start_server(tmp)
     try:
-        env = worker_env(os.path.join(tempfile.gettempdir(), "together-lite-bench-pycache"))
         runner = Runner(interpreters, sizes, ports, cafile, env)
-        cache = {}  # type: Dict[Tuple[str, str], Any]
+        cache: dict[tuple[str, str], Any] = {}
         for row in rows:
             for client in interpreters:
                 results.setdefault(row, {})[client] = measure_safely(runner, row, client, cache)
@@ -1052,23 +1110,36 @@ def run_all(rows: List[str], interpreters: Dict[str, str], sizes: Dict[str, int]
     return results
 
 
-def result_notes(rows: List[str], interpreters: Dict[str, str],
-                 results: Dict[str, Dict[str, Any]], sizes: Dict[str, int]) -> List[str]:  # fmt: skip
+def result_notes(
+    rows: list[str],
+    interpreters: dict[str, str],
+    results: dict[str, dict[str, Any]],
+    sizes: dict[str, int],
+) -> list[str]:
     notes = []
     if "async" in rows and "httpclient" in interpreters:
-        notes.append("* http.client floor, row 7: the server time itself (0.1 s), not a measurement")
-    notes.append("medians of %d runs (import: %d processes, cold start: %d processes); "
-                 "ratios below 1 mean together_lite is faster or smaller" % (
-                     sizes["runs"], sizes["import_reps"], sizes["cold_reps"]))  # fmt: skip
+        notes.append(
+            "* http.client floor, row 7: the server time itself (0.1 s), not a measurement"
+        )
+    notes.append(
+        f"medians of {sizes['runs']} runs (import: {sizes['import_reps']} processes,"
+        f" cold start: {sizes['cold_reps']} processes);"
+        " ratios below 1 mean together_lite is faster or smaller"
+    )
     for client_results in results.values():
         for client, entry in client_results.items():
             if "error" in entry:
-                notes.append("error in %s: %s" % (CLIENT_TITLES[client], entry["error"]))
+                notes.append("error in {}: {}".format(CLIENT_TITLES[client], entry["error"]))
     return notes
 
 
-def save_json(path: str, sizes: Dict[str, int], interpreters: Dict[str, str],
-              results: Dict[str, Dict[str, Any]], notes: List[str]) -> None:  # fmt: skip
+def save_json(
+    path: str,
+    sizes: dict[str, int],
+    interpreters: dict[str, str],
+    results: dict[str, dict[str, Any]],
+    notes: list[str],
+) -> None:
     import json
     import platform
 
@@ -1085,8 +1156,9 @@ def save_json(path: str, sizes: Dict[str, int], interpreters: Dict[str, str],
         json.dump(data, out, indent=2)
 
 
-def measure_safely(runner: Runner, row: str, client: str,
-                   cache: Dict[Tuple[str, str], Any]) -> Dict[str, Any]:  # fmt: skip
+def measure_safely(
+    runner: Runner, row: str, client: str, cache: dict[tuple[str, str], Any]
+) -> dict[str, Any]:
     """runner.measure, with progress on stderr and errors recorded, not raised."""
     started = time.perf_counter()
     try:
@@ -1095,8 +1167,8 @@ def measure_safely(runner: Runner, row: str, client: str,
     except Exception as exc:  # a broken client must not sink the whole run
         entry = {"error": str(exc).strip() or type(exc).__name__}
         shown = "error: " + entry["error"].splitlines()[-1]
-    print("  %-7s %-18s %s  (%.1fs)" % (row, CLIENT_TITLES[client], shown,
-                                        time.perf_counter() - started), file=sys.stderr)  # fmt: skip
+    elapsed = time.perf_counter() - started
+    print(f"  {row:<7} {CLIENT_TITLES[client]:<18} {shown}  ({elapsed:.1f}s)", file=sys.stderr)
     return entry
 
 

@@ -110,7 +110,7 @@ _READ_SIZE = 65536  # bytes asked of the socket per stream read
 _MAX_ERROR_BODY = 1 << 20  # bytes of an error response kept for its message
 _POOL_MAXSIZE = 256  # idle connections kept per origin
 _POOL_IDLE_SECONDS = 30.0  # an idle connection older than this is not reused
-_DRAIN_SECONDS = 0.5  # how long to wait for a stream's tail after [DONE]
+_DRAIN_SECONDS = 0.25  # how long to wait for a stream's tail after [DONE]
 _DRAIN_BYTES = 1 << 16  # how much tail to read after [DONE] before giving up on reuse
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -299,19 +299,18 @@ def _error_detail(body: Any) -> Any:
 def _error_text(body: Any) -> str:
     """The human message of an error body, whatever its shape."""
     detail = _error_detail(body)
-    if isinstance(detail, dict):
-        for key in ("message", "detail", "msg"):
-            value = detail.get(key)
-            if isinstance(value, str) and value.strip():
-                return value.strip()
-        if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"].strip():
-            return str(body["message"]).strip()
-        return _text_summary(json.dumps(detail, ensure_ascii=False))
     if isinstance(detail, str):
         return _text_summary(detail)
-    if detail is None:
-        return ""
-    return _text_summary(json.dumps(detail, ensure_ascii=False))
+    for source in (detail, body):
+        if not isinstance(source, dict):
+            continue
+        for key in ("message", "detail", "msg"):
+            value = source.get(key)
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                value = value[0].get("msg")  # a validation error list, as FastAPI sends
+            if isinstance(value, str) and value.strip():
+                return _text_summary(value)
+    return ""  # no message in there: the caller falls back to the reason phrase
 
 
 def _status_error(status: int, reason: str, headers: Mapping[str, str], raw: bytes) -> APIStatusError:
@@ -453,6 +452,15 @@ def _plain(value: Any, exclude_none: bool) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v, exclude_none) for k, v in value.items() if not (exclude_none and v is None)}
     return value
+
+
+def _as_float(value: Any) -> Any:
+    """A JSON integer as a float (log probabilities print as 0.0, as in the SDK); anything else unchanged."""
+    return float(value) if type(value) is int else value
+
+
+def _floats(value: Any) -> Any:
+    return [_as_float(item) for item in value] if type(value) is list else value
 
 
 def _list_of(model: type[_Model]) -> Callable[[Any], Any]:
@@ -659,6 +667,8 @@ class CompletionChunk(_Model):
 
 
 ToolCall._NESTED = (("function", FunctionCall._parse),)
+Logprobs._NESTED = (("token_logprobs", _floats),)
+CompletionToken._NESTED = (("logprob", _as_float),)
 PromptPart._NESTED = (("logprobs", Logprobs._parse),)
 ChatMessage._NESTED = (("tool_calls", _list_of(ToolCall)), ("function_call", FunctionCall._parse))
 ChatChoice._NESTED = (("message", ChatMessage._parse), ("logprobs", Logprobs._parse))
@@ -669,7 +679,7 @@ ChatCompletionResponse._NESTED = (
     ("warnings", _list_of(InferenceWarning)),
 )
 ChatDelta._NESTED = ChatMessage._NESTED
-ChatChoiceDelta._NESTED = (("delta", ChatDelta._parse),)
+ChatChoiceDelta._NESTED = (("delta", ChatDelta._parse), ("logprobs", _as_float))
 ChatCompletionChunk._NESTED = (
     ("choices", _list_of(ChatChoiceDelta)),
     ("usage", Usage._parse),
@@ -683,7 +693,7 @@ CompletionResponse._NESTED = (
     ("prompt", _list_of(PromptPart)),
     ("warnings", _list_of(InferenceWarning)),
 )
-CompletionChoiceDelta._NESTED = (("delta", ChatDelta._parse),)
+CompletionChoiceDelta._NESTED = (("delta", ChatDelta._parse), ("logprobs", _as_float))
 CompletionChunk._NESTED = (
     ("choices", _list_of(CompletionChoiceDelta)),
     ("usage", Usage._parse),
@@ -729,6 +739,8 @@ def _check_number(name: str, value: Any) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if value - value != 0:  # NaN and infinity: JSON has no such numbers
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def _check_messages(messages: Any) -> None:
@@ -809,6 +821,14 @@ def _check_header_value(name: str, value: Any) -> None:
         raise ValueError(f"header {name!r} contains a control character (CR, LF or similar)")
 
 
+def _merge_headers(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """``base`` updated with ``extra``; header names match whatever their case."""
+    replaced = {name.lower() for name in extra}
+    merged = {name: value for name, value in base.items() if name.lower() not in replaced}
+    merged.update(extra)
+    return merged
+
+
 def _check_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
     if headers is None:
         return {}
@@ -887,7 +907,9 @@ class _SSEDecoder:
                 text = text[1:]
         if "\r" in text:
             lines = _LINE_BREAK.split(text)
-            self._skip_lf = text.endswith("\r")
+            # A CR that ends this read may be the first half of a CRLF; one followed by
+            # the start of another line in the same read was a line end of its own.
+            self._skip_lf = end == len(chunk) and text.endswith("\r")
         else:
             lines = text.split("\n")
         lines.pop()  # the text ends with a line break, so the last piece is empty
@@ -1298,8 +1320,9 @@ class _Response:
         self._raw = raw
         self._connection = connection
         self._pool = pool
-        self._origin = origin
+        self.origin = origin
         self._finished = False
+        self._content: bytes | None = None
         try:
             self._decoder = _decompressor(self.headers.get("content-encoding", ""))
         except APIConnectionError:
@@ -1307,7 +1330,9 @@ class _Response:
             raise
 
     def read(self, limit: int | None = None) -> bytes:
-        """The whole body (or its first ``limit`` bytes); the connection is then released."""
+        """The whole body (or its first ``limit`` bytes), read once; the connection is then released."""
+        if self._content is not None:
+            return self._content
         try:
             data = self._raw.read() if limit is None else self._raw.read(limit)
             if self._decoder is not None:
@@ -1316,6 +1341,7 @@ class _Response:
             self.close()
             raise _connection_error(exc, "reading the response") from exc
         self.release()
+        self._content = data
         return data
 
     def iter_bytes(self) -> Iterator[bytes]:
@@ -1339,25 +1365,25 @@ class _Response:
         """Done with the body: reuse the connection if the body was read to its end, else close it."""
         if self._finished:
             return
-        raw = self._raw
-        if not raw.isclosed():
-            self._drain()
+        complete = self._raw.isclosed() or self._drain()
         self._finished = True
-        if raw.isclosed() and self._connection.sock is not None:
-            self._pool.put(self._origin, self._connection)
+        if complete and self._connection.sock is not None:
+            self._pool.put(self.origin, self._connection)
         else:
+            self._raw.close()
             self._connection.close()
 
-    def _drain(self) -> None:
-        """Read a short tail (a chunked stream's last empty chunk) so the connection can be reused."""
+    def _drain(self) -> bool:
+        """Read a short tail (a chunked stream's last empty chunk); whether the body ended."""
         sock = self._connection.sock
         if sock is None:
-            return
+            return False
         try:
             sock.settimeout(_DRAIN_SECONDS)
-            self._raw.read(_DRAIN_BYTES)
+            tail = self._raw.read(_DRAIN_BYTES)
         except Exception:
-            self._raw.close()
+            return False
+        return len(tail) < _DRAIN_BYTES and self._raw.isclosed()
 
     def discard(self) -> None:
         """Throw the body away, reusing the connection when that is cheap."""
@@ -1493,7 +1519,7 @@ class _Transport:
         target = path
         if proxy is not None and scheme == "http":  # a plain-HTTP proxy takes the absolute URL
             target = f"http://{_host_port(host, port, 80)}{path}"
-            headers = {**headers, **proxy.headers}
+            headers = _merge_headers(headers, proxy.headers)
         while True:
             connection, reused = self.pool.get(origin, timeout)
             if cancel is not None:
@@ -1728,16 +1754,16 @@ class Together:
         self.supplied_headers = _check_headers(supplied_headers)
         self._origin = (scheme, host, port)
         self._base_path = path.rstrip("/") + "/"
-        self._headers = {
+        defaults = {
             "User-Agent": _USER_AGENT,
             "Authorization": f"Bearer {self.api_key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
-            **self.supplied_headers,
         }
-        self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
-        if "accept" in {name.lower() for name in self.supplied_headers}:
-            self._stream_headers = self._headers
+        self._headers = _merge_headers(defaults, self.supplied_headers)
+        self._stream_headers = _merge_headers(
+            {**defaults, "Accept": "text/event-stream"}, self.supplied_headers
+        )
         self._transport = _Transport(proxy=proxy, ssl_context=ssl_context)
         self._sleep: Callable[[float], None] = time.sleep
         self.chat = Chat(self)
@@ -1772,24 +1798,32 @@ class Together:
         stream = body.get("stream") is True
         headers = self._stream_headers if stream else self._headers
         if options.headers:
-            headers = {**headers, **options.headers}
+            headers = _merge_headers(headers, options.headers)
         data = _encode_body(body)
         logger = _get_logger(10)
         if logger is not None:
             logger.debug("request body %s", data.decode("utf-8", "replace"))
-        response = self._send(endpoint, headers, data, options)
+        response = self._send(endpoint, headers, data, options, stream)
         if stream:
             return _open_stream(response, parse)
         return parse(_json_result(response))
 
-    def _send(self, endpoint: str, headers: Mapping[str, str], data: bytes, options: _RequestOptions) -> _Response:
-        """Send with retries: on connection errors, timeouts, 408, 409, 429 and 5xx."""
+    def _send(
+        self, endpoint: str, headers: Mapping[str, str], data: bytes, options: _RequestOptions, stream: bool
+    ) -> _Response:
+        """Send with retries: on connection errors, timeouts, 408, 409, 429 and 5xx.
+
+        A non-streaming body is read inside the loop, so a response cut off
+        half-way is retried too; a stream is retried only until its headers.
+        """
         cancel = options.cancel
         path = self._base_path + endpoint
         for retries_taken in range(options.max_retries + 1):
             started = time.monotonic()
             try:
                 response = self._transport.send(self._origin, path, headers, data, options.timeout, cancel)
+                if response.status < 300 and not stream:
+                    response.read()
             except APIConnectionError as exc:
                 if retries_taken >= options.max_retries or not exc.retryable or (cancel and cancel.cancelled):
                     raise
@@ -1839,16 +1873,28 @@ def _error_response(response: _Response) -> APIStatusError:
         raw = b""
     response.close()
     if 300 <= response.status < 400:
-        location = response.headers.get("location", "")
-        reason = f"redirect to {location!r} not followed (it leaves the base URL's origin)" if location else "redirect not followed"
-        return _error_class(response.status)(
-            f"Error code: {response.status} - {reason}",
-            status_code=response.status,
-            headers=response.headers,
-            body=_parse_body(raw),
-            request_id=response.headers.get("x-request-id") or response.headers.get("cf-ray"),
-        )
+        return _redirect_error(response, raw)
     return _status_error(response.status, response.reason, response.headers, raw)
+
+
+def _redirect_error(response: _Response, raw: bytes) -> APIStatusError:
+    """The error for a redirect that was not followed, saying why."""
+    location = response.headers.get("location", "")
+    if not location:
+        reason = "redirect without a Location, not followed"
+    elif response.status not in _REDIRECT_STATUSES:
+        reason = f"redirect to {location!r} not followed (only 307 and 308 keep the POST; nothing else is followed)"
+    elif _same_origin_path(response.origin, "/", location) is not None:
+        reason = f"redirect to {location!r} not followed: more than {_MAX_REDIRECTS} redirects"
+    else:
+        reason = f"redirect to {location!r} not followed (it leaves the base URL's origin, which must not see the API key)"
+    return _error_class(response.status)(
+        f"Error code: {response.status} - {reason}",
+        status_code=response.status,
+        headers=response.headers,
+        body=_parse_body(raw),
+        request_id=response.headers.get("x-request-id") or response.headers.get("cf-ray"),
+    )
 
 
 def _json_result(response: _Response) -> Any:
@@ -2182,6 +2228,7 @@ class AsyncStream:
 
     async def aclose(self) -> None:
         """Stop reading and release the connection."""
+        self._pending = iter(())
         self.stream.close()
 
     close = aclose

@@ -1011,6 +1011,8 @@ class Stream:
                 batch: list[Any] = []
                 for event in decoder.feed(raw):
                     data = event.data
+                    if not data:  # an empty "data:" line, sent by some servers as a keep-alive
+                        continue
                     if data.startswith("[DONE]"):
                         if batch:
                             yield batch

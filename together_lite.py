@@ -1658,7 +1658,7 @@ def _configure_logging(level_name: str | None) -> None:
 
 # -- Clients ------------------------------------------------------------------
 
-_DEFAULT = threading.local()  # per-thread call state: the cancel handle of an AsyncTogether call
+_CALL_STATE = threading.local()  # per thread: the cancel handle of the AsyncTogether call it runs
 
 
 def _check_timeout(timeout: Any, default: float) -> float:
@@ -1792,7 +1792,7 @@ class Together:
             _check_timeout(timeout, self.timeout),
             _check_max_retries(max_retries, self.max_retries),
             _check_headers(extra_headers),
-            getattr(_DEFAULT, "cancel", None),
+            getattr(_CALL_STATE, "cancel", None),
         )
 
     def _post(self, endpoint: str, body: dict[str, Any], parse: Callable[[Any], Any], options: _RequestOptions) -> Any:
@@ -2073,11 +2073,11 @@ _END = object()  # what next() returns at the end; StopIteration cannot cross in
 
 def _call_with_cancel(cancel: _Cancel, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run in a worker thread, with the cancel handle visible to the request it makes."""
-    _DEFAULT.cancel = cancel
+    _CALL_STATE.cancel = cancel
     try:
         return function(*args, **kwargs)
     finally:
-        _DEFAULT.cancel = None
+        _CALL_STATE.cancel = None
 
 
 def _close_abandoned(future: concurrent.futures.Future[Any]) -> None:
@@ -2298,8 +2298,13 @@ def _sniff_mime_type(data: bytes) -> str | None:
             return mime_type
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    if data[4:8] == b"ftyp":
-        return "video/quicktime" if data[8:10] == b"qt" else "video/mp4"
+    if data[4:8] == b"ftyp":  # ISO media: the brand tells image from video
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return "image/avif"
+        if brand in (b"heic", b"heix", b"heim", b"heis"):
+            return "image/heic"
+        return "video/quicktime" if brand[:2] == b"qt" else "video/mp4"
     return None
 
 
@@ -2419,11 +2424,15 @@ def _cli_print(args: argparse.Namespace, result: Any) -> None:
         out.write("\n")
         return
     with result:
-        for chunk in result:
-            piece = _cli_piece(args.command, chunk)
-            if piece:
-                out.write(piece)
-                out.flush()
+        try:
+            for chunk in result:
+                piece = _cli_piece(args.command, chunk)
+                if piece:
+                    out.write(piece)
+                    out.flush()
+        except TogetherException:
+            out.write("\n")  # end the line of text before the error line
+            raise
     out.write("\n")
 
 
@@ -2439,7 +2448,7 @@ def _cli_piece(command: str, chunk: Any) -> str | None:
 
 def _cli_error_line(exc: TogetherException) -> str:
     message = exc.message
-    if exc.status_code is not None:
+    if isinstance(exc, APIStatusError) and exc.status_code is not None:
         prefix = f"Error code: {exc.status_code} - "
         message = f"{exc.status_code} {message[len(prefix):] if message.startswith(prefix) else message}"
     return f"error: {message}"

@@ -1202,16 +1202,17 @@ class _Proxy:
 
     __slots__ = ("headers", "host", "port")
 
-    def __init__(self, url: str, source: str) -> None:
+    def __init__(self, url: str, *, from_environment: bool) -> None:
         import urllib.parse
 
         if "://" not in url:
             url = "http://" + url
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() != "http":
-            raise _NotRetryableConnectionError(
-                f"The proxy {source} uses the scheme {parts.scheme!r}; only http:// proxies are supported."
-            )
+            problem = f"uses the scheme {parts.scheme!r}; only http:// proxies are supported"
+            if from_environment:  # found at call time: a failed call, not a bad argument
+                raise _NotRetryableConnectionError(f"The proxy from the environment {problem}.")
+            raise ValueError(f"proxy {problem}")
         self.host = parts.hostname or ""
         self.port = parts.port or 80
         self.headers: dict[str, str] = {}
@@ -1232,7 +1233,7 @@ def _environment_proxy(scheme: str, host: str, port: int) -> _Proxy | None:
     url = proxies.get(scheme) or proxies.get("all")
     if not url or urllib.request.proxy_bypass(f"{host}:{port}"):
         return None
-    return _Proxy(url, "from the environment")
+    return _Proxy(url, from_environment=True)
 
 
 class _Cancel:
@@ -1414,7 +1415,7 @@ class _ConnectionPool:
     """Kept-alive connections, per origin: thread-safe, bounded, one request per connection at a time."""
 
     def __init__(self, *, proxy: str | None, ssl_context: ssl.SSLContext | None) -> None:
-        self._explicit_proxy = _Proxy(proxy, "given as proxy=") if proxy else None
+        self._explicit_proxy = _Proxy(proxy, from_environment=False) if proxy else None
         self._ssl_context = ssl_context
         self._idle: dict[tuple[str, str, int], list[tuple[http.client.HTTPConnection, float]]] = {}
         self._proxies: dict[tuple[str, str, int], _Proxy | None] = {}

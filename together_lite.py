@@ -113,7 +113,8 @@ _POOL_IDLE_SECONDS = 30.0  # an idle connection older than this is not reused
 _DRAIN_SECONDS = 0.25  # how long to wait for a stream's tail after [DONE]
 _DRAIN_BYTES = 1 << 16  # how much tail to read after [DONE] before giving up on reuse
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
 # -- Errors -------------------------------------------------------------------
 #
@@ -276,7 +277,7 @@ def _parse_body(raw: bytes) -> Any:
         return None
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 
@@ -819,6 +820,10 @@ def _check_header_value(name: str, value: Any) -> None:
         raise TypeError(f"header {name!r} must be a str, not {type(value).__name__}")
     if _CONTROL_CHARS.search(value):
         raise ValueError(f"header {name!r} contains a control character (CR, LF or similar)")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"header {name!r} contains characters that cannot be sent in an HTTP header") from None
 
 
 def _merge_headers(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -836,7 +841,7 @@ def _check_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
         raise TypeError("headers must be a dict of str to str")
     checked: dict[str, str] = {}
     for name, value in headers.items():
-        if not isinstance(name, str) or not name or _CONTROL_CHARS.search(name) or ":" in name or " " in name:
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise ValueError(f"invalid header name {name!r}")
         _check_header_value(name, value)
         checked[name] = value
@@ -1023,6 +1028,13 @@ class Stream:
                         if batch:
                             yield batch
                         raise _stream_error(payload, response.headers, response.status)
+                    if type(payload) is not dict:
+                        raise APIError(
+                            f"The stream sent JSON that is not an object: {_text_summary(data)!r}",
+                            status_code=response.status,
+                            headers=response.headers,
+                            body=payload,
+                        )
                     if not finished:
                         finished = _has_finish_reason(payload)
                     batch.append(parse(payload))
@@ -1039,7 +1051,7 @@ class Stream:
     def _decode(self, data: str) -> Any:
         try:
             return json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise APIError(
                 f"The stream sent data that is not JSON: {_text_summary(data)!r}",
                 status_code=self.response.status,
@@ -1339,7 +1351,9 @@ class _Response:
         try:
             data = self._raw.read() if limit is None else self._raw.read(limit)
             if self._decoder is not None:
-                data = self._decoder.decompress(data) + self._decoder.flush()
+                data = self._decoder.decompress(data, limit or 0)
+                if limit is None:
+                    data += self._decoder.flush()
         except Exception as exc:
             self.close()
             raise _connection_error(exc, "reading the response") from exc
@@ -1700,14 +1714,28 @@ def _resolve_api_key(api_key: Any) -> str:
     return key
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_HOSTS:
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a DNS name: it may resolve anywhere
+        return False
+
+
 def _warn_if_plain_http(scheme: str, host: str) -> None:
-    if scheme == "http" and host.lower() not in _LOOPBACK_HOSTS and not host.startswith("127."):
+    if scheme == "http" and not _is_loopback(host):
         import warnings
 
+        frame, stacklevel = sys._getframe(1), 2  # the first caller outside this module
+        while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+            frame, stacklevel = frame.f_back, stacklevel + 1
         warnings.warn(
             f"together_lite will send the API key unencrypted to {host} (base_url uses http://).",
             InsecureTransportWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 
@@ -1905,7 +1933,7 @@ def _json_result(response: _Response) -> Any:
     raw = response.read()
     try:
         payload = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         kind = response.headers.get("content-type", "no content type")
         shown = _text_summary(raw.decode("utf-8", "replace")) or "an empty body"
         raise APIError(

@@ -6,7 +6,7 @@ Run from anywhere (stdlib only, Python 3.8+, POSIX, needs the `openssl` CLI):
     python3 benchmarks/bench.py                  # full run, a few minutes
     python3 benchmarks/bench.py --quick          # small sizes, for development
     python3 benchmarks/bench.py --only 3,6 --clients together_lite,httpclient
-    python3 benchmarks/bench.py --json results.json
+    python3 benchmarks/bench.py --json benchmarks/results.json   (git-ignored)
 
 Peer SDKs are looked up in virtualenvs under $PEERS (default /tmp/peers, see
 benchmarks/setup_peers.sh): together1 (together 1.6), together3 (together
@@ -21,6 +21,9 @@ that answers after 0.1 s. Each client's workload runs in its own subprocess
 (`bench.py --worker CLIENT WORKLOAD key=value...`) under that client's
 interpreter, and reports its timings as JSON. Timed loops are repeated 3
 times, each after one untimed warm-up call, and the median is reported.
+together_lite and the stdlib floors run under the interpreter running this
+script, in a bare venv made from it (so that, like each peer in its own venv,
+they start without whatever the base installation's site-packages preload).
 
 Columns:
     together_lite      this project, imported from the repo root

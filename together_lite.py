@@ -26,13 +26,13 @@ import threading
 import time
 from dataclasses import dataclass, fields
 
-# http.client (with email and ssl), socket and the rest are imported when first
-# needed, so that importing this module stays cheap for scripts and AWS Lambda.
+# socket, ssl and the rest are imported when first needed, so that importing
+# this module stays cheap for scripts and AWS Lambda.
 TYPE_CHECKING = False  # saves importing typing at run time
 if TYPE_CHECKING:
     import argparse
     import concurrent.futures
-    import http.client
+    import io
     import logging
     import socket
     import ssl
@@ -107,6 +107,9 @@ _RETRYABLE_STATUSES = frozenset({408, 409, 429})  # plus every status >= 500
 _REDIRECT_STATUSES = frozenset({307, 308})  # the only ones that keep POST and its body
 _MAX_REDIRECTS = 5
 _READ_SIZE = 65536  # bytes asked of the socket per stream read
+_MAX_LINE = 65536  # bytes in a status or header line
+_MAX_HEADERS = 100
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})  # set by the transport
 _MAX_ERROR_BODY = 1 << 20  # bytes of an error response kept for its message
 _POOL_MAXSIZE = 256  # idle connections kept per origin
 _POOL_IDLE_SECONDS = 30.0  # an idle connection older than this is not reused
@@ -359,7 +362,6 @@ def _stream_error(data: Any, headers: Mapping[str, str], status: int) -> APIErro
 
 def _connection_error(exc: BaseException, doing: str) -> APIConnectionError:
     """Translate a socket, TLS or HTTP-parsing failure into a together_lite error."""
-    import http.client
     import socket
 
     if isinstance(exc, APIConnectionError):
@@ -369,10 +371,6 @@ def _connection_error(exc: BaseException, doing: str) -> APIConnectionError:
     ssl_module = sys.modules.get("ssl")
     if ssl_module is not None and isinstance(exc, ssl_module.SSLCertVerificationError):
         return _NotRetryableConnectionError(f"TLS certificate verification failed: {exc.verify_message}.")
-    if isinstance(exc, http.client.IncompleteRead):
-        return APIConnectionError(
-            f"Connection closed while {doing}: got {len(exc.partial)} bytes, expected more."
-        )
     detail = str(exc) or type(exc).__name__
     return APIConnectionError(f"Connection error while {doing}: {detail}")
 
@@ -1167,8 +1165,12 @@ class StreamAccumulator:
 
 # -- Transport ----------------------------------------------------------------
 #
-# http.client underneath, with kept-alive connections pooled per origin; urllib
-# only for what it does well, finding the proxy the environment asks for.
+# A small HTTP/1.1 client on plain sockets: each request goes out in one write,
+# responses are read through a C-buffered reader, and connections are kept alive
+# in a pool per origin. http.client would parse every response's headers with
+# the email package and send each request in two writes; on the per-call path
+# that is most of the cost. urllib is kept for what it does well: finding the
+# proxy the environment asks for.
 
 _ssl_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
 _ssl_lock = threading.Lock()
@@ -1255,54 +1257,151 @@ class _Cancel:
 
     def __init__(self) -> None:
         self.cancelled = False
-        self._event = threading.Event()
-        self._connection: http.client.HTTPConnection | None = None
+        self._event: threading.Event | None = None  # made only if a retry has to wait
+        self._connection: _Connection | None = None
 
-    def attach(self, connection: http.client.HTTPConnection) -> None:
+    def attach(self, connection: _Connection) -> None:
         self._connection = connection
         if self.cancelled:
-            _shut(connection)
+            connection.shut()
             raise _cancelled_error()
 
     def cancel(self) -> None:
         self.cancelled = True
-        self._event.set()
+        event = self._event
+        if event is not None:
+            event.set()
         connection = self._connection
         if connection is not None:
-            _shut(connection)
+            connection.shut()
 
     def wait(self, seconds: float) -> None:
-        self._event.wait(seconds)
+        """Sleep, waking early if the request is cancelled."""
+        self._event = threading.Event()
+        if not self.cancelled:  # checked after the event exists, so a cancel() cannot slip between
+            self._event.wait(seconds)
 
 
 def _cancelled_error() -> APIConnectionError:
     return _NotRetryableConnectionError("The request was cancelled.")
 
 
-def _shut(connection: http.client.HTTPConnection) -> None:
-    """Unblock any thread reading from this connection, then close it."""
-    import contextlib
-    import socket
+class _Connection:
+    """One HTTP/1.1 connection: a socket and a buffered reader over it."""
 
-    sock = connection.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed by the other side
-            sock.shutdown(socket.SHUT_RDWR)
-    connection.close()
+    __slots__ = ("reader", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader: io.BufferedReader = sock.makefile("rb", buffering=_READ_SIZE)  # type: ignore[assignment]
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def shut(self) -> None:
+        """From another thread: end the connection, waking a read in progress."""
+        import contextlib
+        import socket
+
+        with contextlib.suppress(OSError):  # already closed
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()  # the descriptor is released once the reader is closed too
+
+    def is_dropped(self) -> bool:
+        """Whether an idle connection was closed by the server: it reads as ready before we ask anything."""
+        import select
+
+        try:
+            if hasattr(select, "poll"):
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+                return bool(poller.poll(0))
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
 
 
-def _is_dropped(sock: socket.socket) -> bool:
-    """Whether an idle kept-alive socket was closed by the server (it reads as ready before we ask)."""
-    import select
-
+def _open_tunnel(sock: socket.socket, host: str, port: int, proxy_headers: Mapping[str, str]) -> None:
+    """Ask an HTTP proxy for a CONNECT tunnel to host:port over ``sock``."""
+    target = _host_port(host, port, 0)
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", *(f"{k}: {v}" for k, v in proxy_headers.items())]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    reader = sock.makefile("rb", buffering=0)  # unbuffered: nothing of the TLS handshake may be read here
     try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
+        _, status, reason, _ = _read_head(reader)
+    finally:
+        reader.close()
+    if status != 200:
+        error = _NotRetryableConnectionError if status == 407 else APIConnectionError
+        raise error(f"Tunnel connection failed: {status} {reason}".rstrip())
+
+
+def _read_head(reader: Any) -> tuple[str, int, str, dict[str, str]]:
+    """The status line and headers of a response, past any interim 1xx responses."""
+    while True:
+        line = reader.readline(_MAX_LINE + 1)
+        if not line:
+            raise APIConnectionError("The server closed the connection without sending a response.")
+        version, status, reason = _parse_status_line(line)
+        headers = _read_headers(reader)
+        if status >= 200:
+            return version, status, reason, headers
+
+
+def _parse_status_line(line: bytes) -> tuple[str, int, str]:
+    if len(line) > _MAX_LINE:
+        raise APIConnectionError(f"The server sent a status line longer than {_MAX_LINE} bytes.")
+    text = line.decode("latin-1").rstrip("\r\n")
+    version, _, rest = text.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/") or len(code) != 3 or not (code.isascii() and code.isdigit()) or code < "100":
+        raise APIConnectionError(f"The server sent something that is not an HTTP response: {text[:80]!r}")
+    return version, int(code), reason.strip()
+
+
+def _read_headers(reader: Any) -> dict[str, str]:
+    """Header lines up to the blank line, names in lower case; repeated headers are joined with commas."""
+    headers: dict[str, str] = {}
+    name = ""
+    for _ in range(_MAX_HEADERS + 1):
+        line = reader.readline(_MAX_LINE + 1)
+        if len(line) > _MAX_LINE:
+            raise APIConnectionError(f"The server sent a header line longer than {_MAX_LINE} bytes.")
+        if line in (b"\r\n", b"\n"):
+            return headers
+        if not line:
+            raise APIConnectionError("The connection closed in the middle of the response headers.")
+        text = line.decode("latin-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t"):  # obsolete line folding continues the previous header
+            if name:
+                headers[name] += " " + text.strip()
+            continue
+        name, colon, value = text.partition(":")
+        name = name.strip().lower()
+        if not colon or not name:
+            name = ""  # not a header line; ignored, as http.client does
+            continue
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    raise APIConnectionError(f"The server sent more than {_MAX_HEADERS} headers.")
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("content-length")
+    if value is None:
+        return None
+    values = {item.strip() for item in value.split(",")}
+    if len(values) != 1 or not all(item.isascii() and item.isdigit() for item in values):
+        raise APIConnectionError(f"The server sent an invalid Content-Length: {value!r}")
+    return int(values.pop())
+
+
+def _keeps_alive(version: str, headers: Mapping[str, str]) -> bool:
+    tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+    if "close" in tokens:
+        return False
+    return version != "HTTP/1.0" or "keep-alive" in tokens
 
 
 def _decompressor(encoding: str) -> Any:
@@ -1320,36 +1419,47 @@ def _decompressor(encoding: str) -> Any:
 
 
 class _Response:
-    """A response from the transport: status, headers, and a body to read once."""
+    """A response from the transport: status, headers, and a body to read once.
+
+    The body is framed by chunked encoding, by Content-Length, or by the
+    server closing the connection; only a body read to its end lets the
+    connection go back to the pool.
+    """
 
     def __init__(
         self,
-        raw: http.client.HTTPResponse,
-        connection: http.client.HTTPConnection,
+        connection: _Connection,
+        version: str,
+        status: int,
+        reason: str,
+        headers: dict[str, str],
         pool: _ConnectionPool,
         origin: tuple[str, str, int],
     ) -> None:
-        self.status = raw.status
-        self.reason = raw.reason
-        self.headers = {name.lower(): value for name, value in raw.getheaders()}
-        self._raw = raw
-        self._connection = connection
-        self._pool = pool
+        self.status = status
+        self.reason = reason
+        self.headers = headers
         self.origin = origin
+        self._connection = connection
+        self._reader = connection.reader
+        self._pool = pool
+        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self._remaining = 0 if status in (204, 304) else None if self._chunked else _content_length(headers)
+        self._keep_alive = _keeps_alive(version, headers) and (self._chunked or self._remaining is not None)
+        self._chunk_left = 0  # bytes left in the current chunk
+        self._need_crlf = False  # a chunk's data was read, its closing CRLF not yet
+        self._received = 0
+        self._eof = self._remaining == 0
         self._finished = False
         self._content: bytes | None = None
-        try:
-            self._decoder = _decompressor(self.headers.get("content-encoding", ""))
-        except APIConnectionError:
-            self.close()
-            raise
+        self._decoder = _decompressor(headers.get("content-encoding", ""))
 
     def read(self, limit: int | None = None) -> bytes:
         """The whole body (or its first ``limit`` bytes), read once; the connection is then released."""
         if self._content is not None:
             return self._content
         try:
-            data = self._raw.read() if limit is None else self._raw.read(limit)
+            data = self._read_body(limit)
             if self._decoder is not None:
                 data = self._decoder.decompress(data, limit or 0)
                 if limit is None:
@@ -1363,14 +1473,13 @@ class _Response:
 
     def iter_bytes(self) -> Iterator[bytes]:
         """The body as it arrives, each piece as soon as the server sends it."""
-        read1 = self._raw.read1
         decoder = self._decoder
         while True:
             try:
-                data = read1(_READ_SIZE)
+                data = self._read1(_READ_SIZE)
                 if decoder is not None:
                     data = decoder.decompress(data) if data else decoder.flush()
-                    if not data and not decoder.eof and not self._raw.isclosed():
+                    if not data and not self._eof:
                         continue
             except Exception as exc:
                 raise _connection_error(exc, "reading the stream") from exc
@@ -1378,51 +1487,117 @@ class _Response:
                 return
             yield data
 
+    def _read_body(self, limit: int | None) -> bytes:
+        remaining = self._remaining
+        if remaining is not None and not self._chunked and (limit is None or remaining <= limit):
+            data = self._reader.read(remaining)  # the common case: one call for a whole JSON body
+            self._received += len(data)
+            if len(data) < remaining:
+                raise self._incomplete(remaining - len(data))
+            self._remaining, self._eof = 0, True
+            return data
+        parts = []
+        size = 0
+        while limit is None or size < limit:
+            piece = self._read1(_READ_SIZE if limit is None else min(_READ_SIZE, limit - size))
+            if not piece:
+                break
+            parts.append(piece)
+            size += len(piece)
+        return b"".join(parts)
+
+    def _read1(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the body with at most one read of the socket; b"" at its end."""
+        if self._eof:
+            return b""
+        if self._chunked:
+            return self._read1_chunked(size)
+        remaining = self._remaining
+        if remaining is None:  # the body ends when the server closes the connection
+            data = self._reader.read1(size)
+            self._eof = not data
+            return data
+        data = self._reader.read1(min(size, remaining))
+        self._count(data, remaining)
+        self._remaining = remaining - len(data)
+        self._eof = self._remaining == 0
+        return data
+
+    def _read1_chunked(self, size: int) -> bytes:
+        if not self._chunk_left:
+            if self._need_crlf:
+                self._expect_crlf()
+            self._chunk_left = self._read_chunk_size()
+            if not self._chunk_left:
+                _read_headers(self._reader)  # the trailer section
+                self._eof = True
+                return b""
+        data = self._reader.read1(min(size, self._chunk_left))
+        self._count(data, self._chunk_left)
+        self._chunk_left -= len(data)
+        self._need_crlf = not self._chunk_left
+        return data
+
+    def _read_chunk_size(self) -> int:
+        line = self._reader.readline(_MAX_LINE + 1)
+        size = line.split(b";", 1)[0].strip()
+        if not size or len(line) > _MAX_LINE or size.strip(b"0123456789abcdefABCDEF"):
+            if not line:
+                raise self._incomplete(1)
+            raise APIConnectionError(f"The server sent a malformed chunked body (chunk size {line[:40]!r}).")
+        return int(size, 16)
+
+    def _expect_crlf(self) -> None:
+        line = self._reader.readline(3)
+        if line not in (b"\r\n", b"\n"):
+            if not line:
+                raise self._incomplete(2)
+            raise APIConnectionError("The server sent a malformed chunked body (no line end after a chunk).")
+
+    def _count(self, data: bytes, expected: int) -> None:
+        self._received += len(data)
+        if len(data) < min(expected, 1):
+            raise self._incomplete(expected - len(data))
+
+    def _incomplete(self, missing: int) -> APIConnectionError:
+        return APIConnectionError(
+            f"Connection closed while reading the response: got {self._received} bytes, expected {missing} more."
+        )
+
     def release(self) -> None:
         """Done with the body: reuse the connection if the body was read to its end, else close it."""
         if self._finished:
             return
-        complete = self._raw.isclosed() or self._drain()
+        complete = self._eof or (self._keep_alive and self._drain())
         self._finished = True
-        if complete and self._connection.sock is not None:
+        if complete and self._keep_alive:
             self._pool.put(self.origin, self._connection)
         else:
-            self._raw.close()
             self._connection.close()
 
     def _drain(self) -> bool:
         """Read a short tail (a chunked stream's last empty chunk); whether the body ended."""
-        sock = self._connection.sock
-        if sock is None:
-            return False
         try:
-            sock.settimeout(_DRAIN_SECONDS)
-            tail = self._raw.read(_DRAIN_BYTES)
+            self._connection.sock.settimeout(_DRAIN_SECONDS)
+            drained = 0
+            while not self._eof and drained <= _DRAIN_BYTES:
+                drained += len(self._read1(_READ_SIZE))
         except Exception:
             return False
-        return len(tail) < _DRAIN_BYTES and self._raw.isclosed()
+        return self._eof
 
-    def discard(self) -> None:
-        """Throw the body away, reusing the connection when that is cheap."""
-        length = self._raw.length
-        if length is not None and length <= _DRAIN_BYTES:
-            try:
-                self._raw.read()
-            except Exception:
-                self._raw.close()
-        self.release()
+    discard = release  # throw the body away, reusing the connection when that is cheap
 
     def close(self) -> None:
         """Stop reading; the connection is closed, never reused."""
         if self._finished:
             return
         self._finished = True
-        self._raw.close()
         self._connection.close()
 
     def abort(self) -> None:
         """From another thread: unblock a read in progress and close."""
-        _shut(self._connection)
+        self._connection.shut()
 
 
 class _ConnectionPool:
@@ -1431,12 +1606,12 @@ class _ConnectionPool:
     def __init__(self, *, proxy: str | None, ssl_context: ssl.SSLContext | None) -> None:
         self._explicit_proxy = _Proxy(proxy, from_environment=False) if proxy else None
         self._ssl_context = ssl_context
-        self._idle: dict[tuple[str, str, int], list[tuple[http.client.HTTPConnection, float]]] = {}
+        self._idle: dict[tuple[str, str, int], list[tuple[_Connection, float]]] = {}
         self._proxies: dict[tuple[str, str, int], _Proxy | None] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def get(self, origin: tuple[str, str, int], timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+    def get(self, origin: tuple[str, str, int], timeout: float) -> tuple[_Connection, bool]:
         """A connection to the origin and whether it was used before."""
         now = time.monotonic()
         while True:
@@ -1445,16 +1620,14 @@ class _ConnectionPool:
                 if not idle:
                     break
                 connection, since = idle.pop()
-            sock = connection.sock
-            if sock is None or now - since > _POOL_IDLE_SECONDS or _is_dropped(sock):
+            if now - since > _POOL_IDLE_SECONDS or connection.is_dropped():
                 connection.close()
                 continue
-            connection.timeout = timeout
-            sock.settimeout(timeout)
+            connection.sock.settimeout(timeout)
             return connection, True
         return self._connect(origin, timeout), False
 
-    def put(self, origin: tuple[str, str, int], connection: http.client.HTTPConnection) -> None:
+    def put(self, origin: tuple[str, str, int], connection: _Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(origin, [])
             if not self._closed and len(idle) < _POOL_MAXSIZE:
@@ -1477,21 +1650,24 @@ class _ConnectionPool:
             self._proxies[origin] = _environment_proxy(*origin)
         return self._proxies[origin]
 
-    def _connect(self, origin: tuple[str, str, int], timeout: float) -> http.client.HTTPConnection:
-        import http.client
+    def _connect(self, origin: tuple[str, str, int], timeout: float) -> _Connection:
+        """A new connection: TCP, through the proxy if any, then TLS for https."""
+        import socket
 
         scheme, host, port = origin
         proxy = self.proxy_for(origin)
-        if scheme == "http":
-            if proxy is not None:
-                return http.client.HTTPConnection(proxy.host, proxy.port, timeout=timeout)
-            return http.client.HTTPConnection(host, port, timeout=timeout)
-        context = self._ssl_context or _default_ssl_context()
-        if proxy is None:
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
-        connection = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=timeout, context=context)
-        connection.set_tunnel(host, port, headers=proxy.headers)
-        return connection
+        sock = socket.create_connection((proxy.host, proxy.port) if proxy else (host, port), timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                if proxy is not None:
+                    _open_tunnel(sock, host, port, proxy.headers)
+                context = self._ssl_context or _default_ssl_context()
+                sock = context.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        return _Connection(sock)
 
 
 class _Transport:
@@ -1531,29 +1707,41 @@ class _Transport:
         timeout: float,
         cancel: _Cancel | None,
     ) -> _Response:
-        scheme, host, port = origin
-        proxy = self.pool.proxy_for(origin)
-        target = path
-        if proxy is not None and scheme == "http":  # a plain-HTTP proxy takes the absolute URL
-            target = f"http://{_host_port(host, port, 80)}{path}"
-            headers = _merge_headers(headers, proxy.headers)
+        request = self._request_bytes(origin, path, headers, body)
         while True:
-            connection, reused = self.pool.get(origin, timeout)
+            try:
+                connection, reused = self.pool.get(origin, timeout)
+            except Exception as exc:
+                raise _connection_error(exc, "connecting") from exc
             if cancel is not None:
                 cancel.attach(connection)
             try:
-                connection.request("POST", target, body, dict(headers))
+                connection.sock.sendall(request)
             except Exception as exc:
                 connection.close()
                 if reused and isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
                     continue  # the server closed it while idle; it never saw this request
                 raise _cancelled_error() if cancel and cancel.cancelled else _connection_error(exc, "sending the request") from exc
             try:
-                raw = connection.getresponse()
+                version, status, reason, response_headers = _read_head(connection.reader)
+                return _Response(connection, version, status, reason, response_headers, self.pool, origin)
             except Exception as exc:
                 connection.close()
                 raise _cancelled_error() if cancel and cancel.cancelled else _connection_error(exc, "waiting for the response") from exc
-            return _Response(raw, connection, self.pool, origin)
+
+    def _request_bytes(self, origin: tuple[str, str, int], path: str, headers: Mapping[str, str], body: bytes) -> bytes:
+        """The whole request, sent with one write."""
+        scheme, host, port = origin
+        proxy = self.pool.proxy_for(origin)
+        target = path
+        if proxy is not None and scheme == "http":  # a plain-HTTP proxy takes the absolute URL
+            target = f"http://{_host_port(host, port, 80)}{path}"
+            headers = _merge_headers(headers, proxy.headers)
+        fixed = {"Host": _host_port(host, port, 443 if scheme == "https" else 80), "Accept-Encoding": "identity"}
+        lines = [f"POST {target} HTTP/1.1"]
+        lines.extend(f"{name}: {value}" for name, value in _merge_headers(fixed, headers).items() if name.lower() not in _FRAMING_HEADERS)
+        lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
     def close(self) -> None:
         self.pool.close()
@@ -1577,7 +1765,14 @@ def _same_origin_path(origin: tuple[str, str, int], path: str, location: str) ->
         return None
     if (parts.scheme, (parts.hostname or "").lower(), target_port) != (scheme, host.lower(), port):
         return None
-    return parts.path + ("?" + parts.query if parts.query else "")
+    return _quote_target(parts.path + ("?" + parts.query if parts.query else ""))
+
+
+def _quote_target(target: str) -> str:
+    """A path (and query) safe for a request line: spaces and non-ASCII percent-encoded."""
+    import urllib.parse
+
+    return urllib.parse.quote(target, safe="/?=&;:@!$'()*+,~%-._")
 
 
 # -- Retries ------------------------------------------------------------------
@@ -1784,7 +1979,7 @@ class Together:
         self.max_retries = _check_max_retries(max_retries, DEFAULT_MAX_RETRIES)
         self.supplied_headers = _check_headers(supplied_headers)
         self._origin = (scheme, host, port)
-        self._base_path = path.rstrip("/") + "/"
+        self._base_path = _quote_target(path.rstrip("/") + "/")
         defaults = {
             "User-Agent": _USER_AGENT,
             "Authorization": f"Bearer {self.api_key}",

@@ -114,7 +114,8 @@ IMPORT_STATEMENTS = {
     "openai": "from openai import OpenAI",
 }
 
-ROWS = ["import", "cold", "http", "https", "slow", "stream", "async", "rss"]
+ROWS = ["import", "cold", "http", "https", "slow", "stream", "async", "rss", "async_rss"]
+MIB_ROWS = ("rss", "async_rss")
 
 
 def row_label(row: str, sizes: dict[str, int]) -> str:
@@ -128,6 +129,7 @@ def row_label(row: str, sizes: dict[str, int]) -> str:
         "stream": "6. {stream_chunks:,}-chunk stream (ms)",
         "async": "7. {async_calls} concurrent async calls, 0.1 s each (ms)",
         "rss": "8. peak RSS, {http_calls} HTTP calls (MiB)",
+        "async_rss": "9. peak RSS, {async_calls} async calls in flight (MiB)",
     }
     return labels[row].format(**sizes)
 
@@ -498,6 +500,7 @@ def worker_main(argv: list[str]) -> None:
         result["samples"] = time_stream(client, target, count, runs)
     elif workload == "async":
         result["samples"] = time_async(client, target, count, runs)
+        result["rss_kib"] = peak_rss_kib()
     else:
         raise SystemExit("unknown workload " + workload)
     import json
@@ -878,10 +881,17 @@ class Runner:
             samples = self.worker(client, "seq", "slow", s["slow_calls"], runs)["samples"]
         elif row == "stream":
             samples = self.worker(client, "stream", "http", s["stream_chunks"], runs)["samples"]
-        elif row == "async":
+        elif row in ("async", "async_rss"):
             if client == "httpclient":
+                if row == "async_rss":
+                    return {"median": None, "samples": []}
                 return {"median": ASYNC_SERVER_DELAY, "samples": [], "note": "server time"}
-            samples = self.worker(client, "async", "async", s["async_calls"], runs)["samples"]
+            if (client, "async") not in cache:
+                cache[client, "async"] = self.worker(client, "async", "async", s["async_calls"], runs)
+            result = cache[client, "async"]
+            if row == "async_rss":
+                return {"median": result["rss_kib"] / 1024.0, "samples": [result["rss_kib"] / 1024.0]}
+            samples = result["samples"]
         else:
             raise ValueError(row)
         return {"median": median(samples), "samples": samples}
@@ -978,7 +988,7 @@ def stop_server(proc: Any) -> None:
 def format_value(row: str, value: float | None) -> str:
     if value is None:
         return "n/a"
-    if row != "rss":
+    if row not in MIB_ROWS:
         value *= 1000.0  # seconds -> ms
     if value >= 100:
         return f"{value:,.0f}"

@@ -32,7 +32,6 @@ TYPE_CHECKING = False  # saves importing typing at run time
 if TYPE_CHECKING:
     import argparse
     import concurrent.futures
-    import io
     import logging
     import socket
     import ssl
@@ -1293,7 +1292,7 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader: io.BufferedReader = sock.makefile("rb", buffering=_READ_SIZE)  # type: ignore[assignment]
+        self.reader = sock.makefile("rb")  # read1() of more than its 8 KiB buffer reads directly
 
     def close(self) -> None:
         self.reader.close()

@@ -1700,7 +1700,7 @@ def test_completions_are_retried_too(server: Server) -> None:
 
 # -- Core: retry policy as pure functions ---------------------------------------
 #
-# The vectors of openai's test_parse_retry_after_header (sdk-anchors.md §2), with
+# The vectors of openai-python's test_parse_retry_after_header, with
 # time frozen at 1696004797 (Fri, 29 Sep 2023 16:26:37 GMT) and max_retries=3,
 # adapted to our 60 s cap: a wait above 60 s is not honoured (and not retried).
 
@@ -1954,9 +1954,9 @@ def test_broken_response_body_is_retried(server: Server, action: Any) -> None:
     assert len(delays) == 1
 
 
-# -- Core: the seeds' examples run unchanged ------------------------------------
+# -- Core: the documentation's examples run unchanged --------------------------
 #
-# Each non-streaming, non-async Python example of /work/shared/seeds, verbatim, run
+# Each non-streaming, non-async Python example of the SDK's documentation, verbatim, run
 # with only ``from together import`` changed. Examples that continue a page use the
 # ``client`` its first example made; CORE_SEED_CLIENT stands for that first example.
 
@@ -2393,7 +2393,7 @@ def test_seed_logprobs_example_prints_integer_logprobs_as_floats_like_the_sdk(
 
 # -- SSE decoder: helpers -----------------------------------------------------
 #
-# Vectors from sdk-anchors.md §1.3-1.6. Where openai dispatches a frame whose data
+# Vectors of the event-stream rules, as openai-python's SSE tests exercise them. Where openai dispatches a frame whose data
 # buffer is empty (event: ping\n\n, id: 1\n\n), we follow the WHATWG spec instead
 # and dispatch nothing.
 
@@ -3607,9 +3607,9 @@ def test_accumulator_builds_a_completion_response_from_text_chunks(server: Serve
     assert response.usage.total_tokens == 4
 
 
-# -- The seeds' streaming examples ---------------------------------------------
+# -- The documentation's streaming examples ------------------------------------
 #
-# Copied from /work/shared/seeds; only `from together import` is changed when run.
+# Copied from the SDK's documentation; only `from together import` is changed when run.
 # 000 and 003 use the `client` made in the document's first example, so its two
 # setup lines are prepended.
 

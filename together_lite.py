@@ -1026,12 +1026,7 @@ class Stream:
                             yield batch
                         raise _stream_error(payload, response.headers, response.status)
                     if type(payload) is not dict:
-                        raise APIError(
-                            f"The stream sent JSON that is not an object: {_text_summary(data)!r}",
-                            status_code=response.status,
-                            headers=response.headers,
-                            body=payload,
-                        )
+                        raise _not_an_object(response, payload)
                     if not finished:
                         finished = _has_finish_reason(payload)
                     batch.append(parse(payload))
@@ -2139,13 +2134,18 @@ def _json_result(response: _Response) -> Any:
     if type(payload) is dict and payload.get("error") and "choices" not in payload:
         raise _stream_error(payload, response.headers, response.status)
     if type(payload) is not dict:
-        raise APIError(
-            f"The API answered {response.status} with JSON that is not an object: {_text_summary(str(payload))}",
-            status_code=response.status,
-            headers=response.headers,
-            body=payload,
-        )
+        raise _not_an_object(response, payload)
     return payload
+
+
+def _not_an_object(response: _Response, payload: Any) -> APIError:
+    """The error for JSON that is valid but not the object a result or chunk must be."""
+    return APIError(
+        f"The API sent JSON that is not an object: {_text_summary(json.dumps(payload))}",
+        status_code=response.status,
+        headers=response.headers,
+        body=payload,
+    )
 
 
 def _open_stream(response: _Response, parse: Callable[[Any], Any]) -> Stream:

@@ -4831,7 +4831,8 @@ def test_a_redirect_loop_gives_up_after_max_redirects(tp_server: tp_Server) -> N
         with pytest.raises(tl.APIStatusError) as info:
             chat(client)
     assert info.value.status_code == 307
-    assert len(tp_server.requests) == tl._MAX_REDIRECTS
+    assert "more than 5 redirects" in str(info.value)
+    assert len(tp_server.requests) == tl._MAX_REDIRECTS + 1  # the first request, then each redirect followed
 
 
 def test_a_redirect_without_location_is_an_error(tp_server: tp_Server) -> None:
@@ -8223,3 +8224,127 @@ def test_the_key_is_not_in_the_output_of_a_process_run_with_together_log_debug(s
     assert "Invalid API key provided" in stdout
     assert hard_CANARY not in stdout and hard_CANARY not in stderr
     assert [r.headers["authorization"] for r in server.requests] == [f"Bearer {hard_CANARY}"] * 4
+
+
+# -- Review findings: each of these failed before its fix ---------------------
+
+
+def test_a_late_cancel_never_shuts_a_connection_another_call_is_using(server: Server) -> None:
+    server.reply(Reply(200, CHAT_RESPONSE), Reply(200, CHAT_RESPONSE, delay=0.3))
+    client = make_client(server, max_retries=0)
+    cancel = tl._Cancel()
+    tl._CALL_STATE.cancel = cancel  # as an AsyncTogether worker runs a call
+    try:
+        chat(client)
+    finally:
+        tl._CALL_STATE.cancel = None
+    results: list[str] = []
+
+    def other_call() -> None:
+        try:
+            results.append(chat(client).choices[0].message.content)
+        except tl.TogetherException as exc:
+            results.append(repr(exc))
+
+    thread = threading.Thread(target=other_call)
+    thread.start()
+    time.sleep(0.1)  # the other call now waits on the pooled connection the first call used
+    cancel.cancel()  # the first call's task is cancelled after it finished
+    thread.join(5)
+    assert results == ["Hello there."]
+    assert len(server.connections) == 1
+
+
+def test_cancel_handle_shuts_only_the_attached_connection() -> None:
+    near, far = tp_tcp_pair()
+    connection = tl._Connection(near)
+    try:
+        cancel = tl._Cancel()
+        cancel.attach(connection)
+        assert cancel.detach(connection) is True
+        cancel.cancel()
+        far.settimeout(0.05)
+        with pytest.raises(socket.timeout):  # detached before the cancel: left alone
+            far.recv(1)
+        second = tl._Cancel()
+        second.attach(connection)
+        second.cancel()
+        assert second.detach(connection) is False
+        far.settimeout(2)
+        assert far.recv(1) == b""  # shut: the peer sees the end of the connection
+    finally:
+        connection.close()
+        far.close()
+
+
+def test_an_international_host_name_is_sent_as_punycode() -> None:
+    client = tl.Together(api_key="k", base_url="https://bücher.example/v1")
+    assert client._origin == ("https", "xn--bcher-kva.example", 443)
+    with pytest.raises(ValueError, match="base_url"):
+        tl.Together(api_key="k", base_url="https://" + "x" * 70 + "ü.example/v1")
+
+
+@pytest.mark.parametrize("proxy", ["http://proxy.invalid:80a", "http://:8080"])
+def test_a_broken_proxy_variable_is_a_typed_error(server: Server, monkeypatch: pytest.MonkeyPatch, proxy: str) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    with pytest.raises(tl.APIConnectionError, match="proxy"):
+        chat(make_client(server, max_retries=3))
+    assert server.requests == []
+    with pytest.raises(ValueError, match="proxy"):
+        make_client(server, proxy=proxy)
+
+
+def test_json_that_is_not_an_object_is_named_by_its_type_not_echoed(server: Server, client: tl.Together) -> None:
+    deep = "[" * 400 + "]" * 400  # echoing it back would mean serialising it again
+    server.reply(Reply(200, body=deep.encode(), content_type="application/json"))
+    with pytest.raises(tl.APIError, match="not an object but a list"):
+        chat(client)
+    server.reply(Reply(chunks=[f"data: {deep}\n\n".encode()]))
+    with pytest.raises(tl.APIError, match="not an object but a list"):
+        list(chat(client, stream=True))
+
+
+def test_response_keys_named_like_methods_do_not_break_the_result(server: Server, client: tl.Together) -> None:
+    server.reply(Reply(200, {**CHAT_RESPONSE, "_NESTED": 1, "model_dump": None, "_parse": "x"}))
+    response = chat(client)
+    assert response.choices[0].message.content == "Hello there."
+    assert response.model_dump()["choices"][0]["message"]["content"] == "Hello there."
+
+
+def test_closing_a_stream_from_another_thread_ends_the_loop_quietly(server: Server, client: tl.Together) -> None:
+    server.reply(Reply(chunks=sse(*(chunk(str(i)) for i in range(50)), chunk(finish="stop")), pause=0.05))
+    stream = chat(client, stream=True)
+    seen: list[str] = []
+    failures: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            for piece in stream:
+                seen.append(piece.choices[0].delta.content)
+        except BaseException as exc:  # the test fails on any exception here
+            failures.append(exc)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stream.close()
+    thread.join(5)
+    assert not thread.is_alive() and failures == []
+    assert 0 < len(seen) < 50
+
+
+def test_a_huge_declared_length_reads_piece_by_piece(server: Server, client: tl.Together) -> None:
+    server.reply(raw_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n{\"id\""))
+    with pytest.raises(tl.APIConnectionError, match="expected"):
+        chat(client)
+
+
+def test_the_chunks_before_a_non_object_event_still_arrive(server: Server, client: tl.Together) -> None:
+    server.reply(Reply(chunks=[b"".join(sse(chunk("a"), chunk("b"), "42", done=False))]))
+    seen: list[str] = []
+    with pytest.raises(tl.APIError, match="not an object"):
+        for piece in chat(client, stream=True):
+            seen.append(piece.choices[0].delta.content)
+    assert seen == ["a", "b"]

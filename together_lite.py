@@ -110,6 +110,7 @@ _MAX_LINE = 65536  # bytes in a status or header line
 _MAX_HEADERS = 100
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})  # set by the transport
 _MAX_ERROR_BODY = 1 << 20  # bytes of an error response kept for its message
+_SINGLE_READ = 1 << 24  # bodies up to this size are read in one call; larger ones piece by piece
 _POOL_MAXSIZE = 256  # idle connections kept per origin
 _POOL_IDLE_SECONDS = 30.0  # an idle connection older than this is not reused
 _DRAIN_SECONDS = 0.25  # how long to wait for a stream's tail after [DONE]
@@ -234,9 +235,15 @@ class ServiceUnavailableError(InternalServerError):
 
 
 class APIConnectionError(APIError):
-    """No usable response arrived: connection refused or reset, TLS or proxy failure."""
+    """No usable response arrived: connection refused or reset, TLS or proxy failure.
 
-    retryable = True  # False for failures that another attempt cannot fix
+    ``retryable`` is False for failures another attempt cannot fix (a
+    certificate that does not verify, an unsupported proxy, a cancelled call).
+    """
+
+    def __init__(self, message: str = "Connection error.", *, retryable: bool = True, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.retryable = retryable
 
 
 class Timeout(APIConnectionError):
@@ -245,10 +252,6 @@ class Timeout(APIConnectionError):
 
 class APITimeoutError(Timeout):
     """Connecting, or waiting for the next bytes of the response, took too long."""
-
-
-class _NotRetryableConnectionError(APIConnectionError):
-    retryable = False
 
 
 class InsecureTransportWarning(UserWarning):
@@ -316,22 +319,22 @@ def _error_text(body: Any) -> str:
     return ""  # no message in there: the caller falls back to the reason phrase
 
 
-def _status_error(status: int, reason: str, headers: Mapping[str, str], raw: bytes) -> APIStatusError:
-    """Build the typed error for an HTTP error response."""
-    body = _parse_body(raw)
-    text = _error_text(body) or reason or _status_phrase(status)
+def _request_id(headers: Mapping[str, str]) -> str | None:
+    return headers.get("x-request-id") or headers.get("cf-ray")
+
+
+def _error_context(headers: Mapping[str, str], body: Any) -> dict[str, Any]:
+    """The keyword arguments every API error carries: headers, body, request id, code, param, type."""
     detail = _error_detail(body)
     fields_of = detail if isinstance(detail, dict) else {}
-    return _error_class(status)(
-        f"Error code: {status} - {text}" if text else f"Error code: {status}",
-        status_code=status,
-        headers=headers,
-        body=body,
-        request_id=headers.get("x-request-id") or headers.get("cf-ray"),
-        code=fields_of.get("code"),
-        param=fields_of.get("param"),
-        error_type=fields_of.get("type"),
-    )
+    return {
+        "headers": headers,
+        "body": body,
+        "request_id": _request_id(headers),
+        "code": fields_of.get("code"),
+        "param": fields_of.get("param"),
+        "error_type": fields_of.get("type"),
+    }
 
 
 def _status_phrase(status: int) -> str:
@@ -343,20 +346,18 @@ def _status_phrase(status: int) -> str:
         return ""
 
 
+def _status_error(status: int, reason: str, headers: Mapping[str, str], raw: bytes) -> APIStatusError:
+    """Build the typed error for an HTTP error response."""
+    body = _parse_body(raw)
+    text = _error_text(body) or reason or _status_phrase(status)
+    message = f"Error code: {status} - {text}" if text else f"Error code: {status}"
+    return _error_class(status)(message, status_code=status, **_error_context(headers, body))
+
+
 def _stream_error(data: Any, headers: Mapping[str, str], status: int) -> APIError:
     """The error for an error event inside a 200 stream."""
-    detail = _error_detail(data)
-    fields_of = detail if isinstance(detail, dict) else {}
-    return APIError(
-        _error_text(data) or "An error occurred during streaming",
-        status_code=status,
-        headers=headers,
-        body=data,
-        request_id=headers.get("x-request-id") or headers.get("cf-ray"),
-        code=fields_of.get("code"),
-        param=fields_of.get("param"),
-        error_type=fields_of.get("type"),
-    )
+    message = _error_text(data) or "An error occurred during streaming"
+    return APIError(message, status_code=status, **_error_context(headers, data))
 
 
 def _connection_error(exc: BaseException, doing: str) -> APIConnectionError:
@@ -369,7 +370,7 @@ def _connection_error(exc: BaseException, doing: str) -> APIConnectionError:
         return APITimeoutError(f"Request timed out while {doing}.")
     ssl_module = sys.modules.get("ssl")
     if ssl_module is not None and isinstance(exc, ssl_module.SSLCertVerificationError):
-        return _NotRetryableConnectionError(f"TLS certificate verification failed: {exc.verify_message}.")
+        return APIConnectionError(f"TLS certificate verification failed: {exc.verify_message}.", retryable=False)
     detail = str(exc) or type(exc).__name__
     return APIConnectionError(f"Connection error while {doing}: {detail}")
 
@@ -400,9 +401,11 @@ class _Model:
         return obj
 
     def _fill(self, data: dict[str, Any]) -> None:
+        if not _RESERVED_NAMES.isdisjoint(data):  # a key that would hide a method of the type
+            data = {name: value for name, value in data.items() if name not in _RESERVED_NAMES}
         attrs = self.__dict__
         attrs.update(data)
-        for name, convert in self._NESTED:
+        for name, convert in type(self)._NESTED:
             value = data.get(name)
             if value is not None:
                 attrs[name] = convert(value)
@@ -440,6 +443,9 @@ class _Model:
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in self._items().items() if value is not None)
         return f"{type(self).__name__}({shown})"
+
+
+_RESERVED_NAMES = frozenset(name for name in vars(_Model) if not name.startswith("__"))
 
 
 def _plain(value: Any, exclude_none: bool) -> Any:
@@ -760,8 +766,8 @@ def _normalize_stop(stop: Any) -> list[str] | None:
     raise TypeError("stop must be a str or a list of str")
 
 
-def _check_sampling(params: dict[str, Any]) -> None:
-    """Check the parameters both endpoints share; ``params`` maps name to value."""
+def _normalize_params(params: dict[str, Any]) -> None:
+    """Check the parameters both endpoints share and put them in the API's form, in place."""
     for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_p"):
         _check_number(name, params.get(name))
     _check_int("max_tokens", params.get("max_tokens"), 0)
@@ -787,7 +793,7 @@ def _check_sampling(params: dict[str, Any]) -> None:
 
 def _build_body(required: dict[str, Any], params: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON body: required fields, then the parameters that were given, then extras."""
-    _check_sampling(params)
+    _normalize_params(params)
     body = dict(required)
     body.update((name, value) for name, value in params.items() if value is not None)
     body.update(extra)
@@ -1003,42 +1009,45 @@ class Stream:
             yield from batch
 
     def _iter_batches(self) -> Generator[list[Any], None, None]:
-        """Lists of chunks: everything each network read completed, so none waits for the next read."""
+        """Lists of chunks: all that one piece of the body completed, so none waits for the next read."""
+        try:
+            yield from self._read_batches()
+        except APIConnectionError:
+            if not self._closed:  # closed from another thread: a stop, not a failure
+                raise
+        finally:
+            self.response.close()
+
+    def _read_batches(self) -> Generator[list[Any], None, None]:
         response = self.response
         decoder = _SSEDecoder()
         parse = self._parse
         finished = False
-        try:
-            for raw in response.iter_bytes():
-                batch: list[Any] = []
-                for event in decoder.feed(raw):
-                    data = event.data
-                    if not data:  # an empty "data:" line, sent by some servers as a keep-alive
-                        continue
-                    if data.startswith("[DONE]"):
-                        if batch:
-                            yield batch
-                        response.release()
-                        return
-                    payload = self._decode(data)
-                    if event.event == "error" or (type(payload) is dict and payload.get("error")):
-                        if batch:
-                            yield batch
-                        raise _stream_error(payload, response.headers, response.status)
-                    if type(payload) is not dict:
-                        raise _not_an_object(response, payload)
-                    if not finished:
-                        finished = _has_finish_reason(payload)
-                    batch.append(parse(payload))
-                if batch:
-                    yield batch
-            if not finished:
-                raise APIConnectionError(
-                    "The stream ended before it was complete (no [DONE] and no finish_reason)."
-                )
-            response.release()
-        finally:
-            response.close()
+        for raw in response.iter_bytes():
+            batch: list[Any] = []
+            for event in decoder.feed(raw):
+                data = event.data
+                if not data:  # an empty "data:" line, sent by some servers as a keep-alive
+                    continue
+                if data.startswith("[DONE]"):
+                    if batch:
+                        yield batch
+                    response.release()
+                    return
+                payload = self._decode(data)
+                error = _event_error(event.event, payload, response)
+                if error is not None:
+                    if batch:
+                        yield batch  # the chunks before the error still reach the caller
+                    raise error
+                if not finished:
+                    finished = _has_finish_reason(payload)
+                batch.append(parse(payload))
+            if batch:
+                yield batch
+        if not finished:
+            raise APIConnectionError("The stream ended before it was complete (no [DONE] and no finish_reason).")
+        response.release()
 
     def _decode(self, data: str) -> Any:
         try:
@@ -1052,9 +1061,16 @@ class Stream:
             ) from None
 
 
-def _has_finish_reason(payload: Any) -> bool:
+def _event_error(event: str | None, payload: Any, response: _Response) -> APIError | None:
+    """The error a stream event stands for: an error event or object, or JSON that is no chunk."""
+    if event == "error" or (type(payload) is dict and payload.get("error")):
+        return _stream_error(payload, response.headers, response.status)
     if type(payload) is not dict:
-        return False
+        return _not_an_object(response, payload)
+    return None
+
+
+def _has_finish_reason(payload: dict[str, Any]) -> bool:
     if payload.get("finish_reason"):
         return True
     choices = payload.get("choices")
@@ -1198,11 +1214,17 @@ def _parse_url(url: str, what: str) -> tuple[str, str, int, str]:
         raise ValueError(f"{what} has an invalid port: {url!r}") from None
     if not parts.hostname:
         raise ValueError(f"{what} has no host: {url!r}")
+    host = parts.hostname
+    if not host.isascii():  # an international domain name goes on the wire as punycode
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{what} has a host name that cannot be encoded: {url!r}") from None
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"{what} must not contain a user name or password")
     if parts.query or parts.fragment:
         raise ValueError(f"{what} must not have a query or fragment: {url!r}")
-    return scheme, parts.hostname, port, parts.path
+    return scheme, host, port, parts.path
 
 
 class _Proxy:
@@ -1216,13 +1238,19 @@ class _Proxy:
         if "://" not in url:
             url = "http://" + url
         parts = urllib.parse.urlsplit(url)
+        try:
+            port = parts.port or 80
+            problem = "" if parts.hostname else "has no host"
+        except ValueError:
+            problem = "has an invalid port"
         if parts.scheme.lower() != "http":
             problem = f"uses the scheme {parts.scheme!r}; only http:// proxies are supported"
+        if problem:
             if from_environment:  # found at call time: a failed call, not a bad argument
-                raise _NotRetryableConnectionError(f"The proxy from the environment {problem}.")
+                raise APIConnectionError(f"The proxy from the environment {problem}.", retryable=False)
             raise ValueError(f"proxy {problem}")
         self.host = parts.hostname or ""
-        self.port = parts.port or 80
+        self.port = port
         self.headers: dict[str, str] = {}
         if parts.username is not None:
             import base64
@@ -1245,27 +1273,44 @@ def _environment_proxy(scheme: str, host: str, port: int) -> _Proxy | None:
 
 
 class _Cancel:
-    """Lets another thread abandon a request: its connection is shut and no retry follows."""
+    """Lets another thread abandon a request: its connection is shut and no retry follows.
 
-    __slots__ = ("_connection", "_event", "cancelled")
+    Only the connection the request is using right now can be shut: once its
+    response is released the connection is detached, so a late cancel never
+    touches a connection that went back to the pool.
+    """
+
+    __slots__ = ("_connection", "_event", "_lock", "cancelled")
 
     def __init__(self) -> None:
         self.cancelled = False
         self._event: threading.Event | None = None  # made only if a retry has to wait
         self._connection: _Connection | None = None
+        self._lock = threading.Lock()
 
     def attach(self, connection: _Connection) -> None:
-        self._connection = connection
-        if self.cancelled:
-            connection.shut()
-            raise _cancelled_error()
+        """Watch the connection the request uses now; raises if it was cancelled already."""
+        with self._lock:
+            if not self.cancelled:
+                self._connection = connection
+                return
+        connection.close()
+        raise _cancelled_error()
+
+    def detach(self, connection: _Connection) -> bool:
+        """The request is done with ``connection``; False if a cancel shut it."""
+        with self._lock:
+            if self._connection is connection:
+                self._connection = None
+            return not self.cancelled
 
     def cancel(self) -> None:
-        self.cancelled = True
-        event = self._event
+        with self._lock:
+            self.cancelled = True
+            connection, self._connection = self._connection, None
+            event = self._event
         if event is not None:
             event.set()
-        connection = self._connection
         if connection is not None:
             connection.shut()
 
@@ -1277,7 +1322,7 @@ class _Cancel:
 
 
 def _cancelled_error() -> APIConnectionError:
-    return _NotRetryableConnectionError("The request was cancelled.")
+    return APIConnectionError("The request was cancelled.", retryable=False)
 
 
 class _Connection:
@@ -1327,8 +1372,7 @@ def _open_tunnel(sock: socket.socket, host: str, port: int, proxy_headers: Mappi
     finally:
         reader.close()
     if status != 200:
-        error = _NotRetryableConnectionError if status == 407 else APIConnectionError
-        raise error(f"Tunnel connection failed: {status} {reason}".rstrip())
+        raise APIConnectionError(f"Tunnel connection failed: {status} {reason}".rstrip(), retryable=status != 407)
 
 
 def _read_head(reader: Any) -> tuple[str, int, str, dict[str, str]]:
@@ -1409,7 +1453,9 @@ def _decompressor(encoding: str) -> Any:
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if encoding == "deflate":
         return zlib.decompressobj()
-    raise _NotRetryableConnectionError(f"The server sent a body with Content-Encoding {encoding!r}, which is not supported.")
+    raise APIConnectionError(
+        f"The server sent a body with Content-Encoding {encoding!r}, which is not supported.", retryable=False
+    )
 
 
 class _Response:
@@ -1429,6 +1475,7 @@ class _Response:
         headers: dict[str, str],
         pool: _ConnectionPool,
         origin: tuple[str, str, int],
+        cancel: _Cancel | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
@@ -1437,6 +1484,10 @@ class _Response:
         self._connection = connection
         self._reader = connection.reader
         self._pool = pool
+        if cancel is None:  # still needed: a stream may be closed from another thread
+            cancel = _Cancel()
+            cancel.attach(connection)
+        self._cancel = cancel
         self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self._remaining = 0 if status in (204, 304) else None if self._chunked else _content_length(headers)
         self._keep_alive = _keeps_alive(version, headers) and (self._chunked or self._remaining is not None)
@@ -1448,10 +1499,17 @@ class _Response:
         self._content: bytes | None = None
         self._decoder = _decompressor(headers.get("content-encoding", ""))
 
-    def read(self, limit: int | None = None) -> bytes:
-        """The whole body (or its first ``limit`` bytes), read once; the connection is then released."""
-        if self._content is not None:
-            return self._content
+    def read(self) -> bytes:
+        """The whole body, read once and kept; the connection is then released."""
+        if self._content is None:
+            self._content = self._read_decoded(None)
+        return self._content
+
+    def read_error_body(self) -> bytes:
+        """The first bytes of an error's body, enough for its message; the rest is not read."""
+        return self._read_decoded(_MAX_ERROR_BODY)
+
+    def _read_decoded(self, limit: int | None) -> bytes:
         try:
             data = self._read_body(limit)
             if self._decoder is not None:
@@ -1462,7 +1520,6 @@ class _Response:
             self.close()
             raise _connection_error(exc, "reading the response") from exc
         self.release()
-        self._content = data
         return data
 
     def iter_bytes(self) -> Iterator[bytes]:
@@ -1483,7 +1540,7 @@ class _Response:
 
     def _read_body(self, limit: int | None) -> bytes:
         remaining = self._remaining
-        if remaining is not None and not self._chunked and (limit is None or remaining <= limit):
+        if remaining is not None and remaining <= min(limit or _SINGLE_READ, _SINGLE_READ) and not self._chunked:
             data = self._reader.read(remaining)  # the common case: one call for a whole JSON body
             self._received += len(data)
             if len(data) < remaining:
@@ -1564,7 +1621,7 @@ class _Response:
             return
         complete = self._eof or (self._keep_alive and self._drain())
         self._finished = True
-        if complete and self._keep_alive:
+        if self._cancel.detach(self._connection) and complete and self._keep_alive:
             self._pool.put(self.origin, self._connection)
         else:
             self._connection.close()
@@ -1580,18 +1637,17 @@ class _Response:
             return False
         return self._eof
 
-    discard = release  # throw the body away, reusing the connection when that is cheap
-
     def close(self) -> None:
         """Stop reading; the connection is closed, never reused."""
         if self._finished:
             return
         self._finished = True
+        self._cancel.detach(self._connection)
         self._connection.close()
 
     def abort(self) -> None:
-        """From another thread: unblock a read in progress and close."""
-        self._connection.shut()
+        """From another thread: unblock a read in progress and end the connection (unless already released)."""
+        self._cancel.cancel()
 
 
 class _ConnectionPool:
@@ -1622,12 +1678,18 @@ class _ConnectionPool:
         return self._connect(origin, timeout), False
 
     def put(self, origin: tuple[str, str, int], connection: _Connection) -> None:
+        now = time.monotonic()
+        to_close = []
         with self._lock:
             idle = self._idle.setdefault(origin, [])
+            while idle and now - idle[0][1] > _POOL_IDLE_SECONDS:  # the oldest come first
+                to_close.append(idle.pop(0)[0])
             if not self._closed and len(idle) < _POOL_MAXSIZE:
-                idle.append((connection, time.monotonic()))
-                return
-        connection.close()
+                idle.append((connection, now))
+            else:
+                to_close.append(connection)
+        for stale in to_close:
+            stale.close()
 
     def close(self) -> None:
         with self._lock:
@@ -1688,9 +1750,9 @@ class _Transport:
             target = _same_origin_path(origin, path, location)
             if target is None:  # another origin must never see the API key
                 return response
-            response.discard()
+            response.release()
             path = target
-        return response
+        return self._send_once(origin, path, headers, body, timeout, cancel)  # its redirect is not followed
 
     def _send_once(
         self,
@@ -1718,7 +1780,7 @@ class _Transport:
                 raise _cancelled_error() if cancel and cancel.cancelled else _connection_error(exc, "sending the request") from exc
             try:
                 version, status, reason, response_headers = _read_head(connection.reader)
-                return _Response(connection, version, status, reason, response_headers, self.pool, origin)
+                return _Response(connection, version, status, reason, response_headers, self.pool, origin, cancel)
             except Exception as exc:
                 connection.close()
                 raise _cancelled_error() if cancel and cancel.cancelled else _connection_error(exc, "waiting for the response") from exc
@@ -2053,7 +2115,7 @@ class Together:
             if response.status < 300:
                 return response
             if retries_taken < options.max_retries and _should_retry(response.status, response.headers):
-                response.discard()
+                response.release()
                 self._wait(retries_taken, response.headers, f"HTTP {response.status}", options)
                 continue
             raise _error_response(response)
@@ -2081,14 +2143,14 @@ Client = Together
 def _log_response(url: str, response: _Response, elapsed: float) -> None:
     logger = _get_logger(20)
     if logger is not None:
-        request_id = response.headers.get("x-request-id") or response.headers.get("cf-ray")
+        request_id = _request_id(response.headers)
         logger.info("POST %s -> %d in %.3fs (request id %s)", url, response.status, elapsed, request_id)
 
 
 def _error_response(response: _Response) -> APIStatusError:
     """The typed error for a non-2xx response, with its body read."""
     try:
-        raw = response.read(_MAX_ERROR_BODY)
+        raw = response.read_error_body()
     except APIConnectionError:
         raw = b""
     response.close()
@@ -2113,7 +2175,7 @@ def _redirect_error(response: _Response, raw: bytes) -> APIStatusError:
         status_code=response.status,
         headers=response.headers,
         body=_parse_body(raw),
-        request_id=response.headers.get("x-request-id") or response.headers.get("cf-ray"),
+        request_id=_request_id(response.headers),
     )
 
 
@@ -2141,7 +2203,7 @@ def _json_result(response: _Response) -> Any:
 def _not_an_object(response: _Response, payload: Any) -> APIError:
     """The error for JSON that is valid but not the object a result or chunk must be."""
     return APIError(
-        f"The API sent JSON that is not an object: {_text_summary(json.dumps(payload))}",
+        f"The API sent JSON that is not an object but a {type(payload).__name__}.",
         status_code=response.status,
         headers=response.headers,
         body=payload,

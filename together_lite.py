@@ -1122,9 +1122,8 @@ class StreamAccumulator:
         delta = getattr(choice, "delta", None)
         if delta is None:
             return
-        for name in ("role",):
-            if getattr(delta, name, None):
-                state[name] = getattr(delta, name)
+        if getattr(delta, "role", None):
+            state["role"] = delta.role
         for name in ("content", "reasoning", "reasoning_content"):
             piece = getattr(delta, name, None)
             if isinstance(piece, str):
@@ -1159,7 +1158,12 @@ class StreamAccumulator:
             ]
             return CompletionResponse._parse({**head, "object": "text.completion", "choices": choices, "usage": usage})
         return ChatCompletionResponse._parse(
-            {**head, "object": "chat.completion", "choices": [self._chat_choice(s) for _, s in sorted(self._choices.items())], "usage": usage}
+            {
+                **head,
+                "object": "chat.completion",
+                "choices": [self._chat_choice(state) for _, state in sorted(self._choices.items())],
+                "usage": usage,
+            }
         )
 
     @staticmethod
@@ -1173,14 +1177,10 @@ class StreamAccumulator:
         return {"index": state["index"], "message": message, "finish_reason": state.get("finish_reason")}
 
 
-# -- Transport ----------------------------------------------------------------
+# -- Transport: URLs, TLS, proxies, cancelling ---------------------------------
 #
-# A small HTTP/1.1 client on plain sockets: each request goes out in one write,
-# responses are read through a C-buffered reader, and connections are kept alive
-# in a pool per origin. http.client would parse every response's headers with
-# the email package and send each request in two writes; on the per-call path
-# that is most of the cost. urllib is kept for what it does well: finding the
-# proxy the environment asks for.
+# urllib is kept for what it does well: finding the proxy the environment asks
+# for. Everything else is the small HTTP/1.1 client below.
 
 _ssl_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
 _ssl_lock = threading.Lock()
@@ -1325,6 +1325,19 @@ def _cancelled_error() -> APIConnectionError:
     return APIConnectionError("The request was cancelled.", retryable=False)
 
 
+def _send_error(exc: BaseException, cancel: _Cancel | None, doing: str) -> APIConnectionError:
+    """The error for a failed exchange: a cancel shows as such, not as the broken read it caused."""
+    return _cancelled_error() if cancel is not None and cancel.cancelled else _connection_error(exc, doing)
+
+
+# -- Transport: HTTP/1.1 messages ---------------------------------------------
+#
+# A small HTTP/1.1 client on plain sockets: each request goes out in one write
+# and responses are read through a C-buffered reader. http.client would parse
+# every response's headers with the email package and send each request in two
+# writes; on the per-call path that is most of the cost.
+
+
 class _Connection:
     """One HTTP/1.1 connection: a socket and a buffered reader over it."""
 
@@ -1332,7 +1345,7 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader = sock.makefile("rb")  # read1() of more than its 8 KiB buffer reads directly
+        self.reader = sock.makefile("rb")  # read1() goes straight to the socket whenever its buffer is empty
 
     def close(self) -> None:
         self.reader.close()
@@ -1650,6 +1663,9 @@ class _Response:
         self._cancel.cancel()
 
 
+# -- Transport: the connection pool and the seam ------------------------------
+
+
 class _ConnectionPool:
     """Kept-alive connections, per origin: thread-safe, bounded, one request per connection at a time."""
 
@@ -1777,13 +1793,13 @@ class _Transport:
                 connection.close()
                 if reused and isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
                     continue  # the server closed it while idle; it never saw this request
-                raise _cancelled_error() if cancel and cancel.cancelled else _connection_error(exc, "sending the request") from exc
+                raise _send_error(exc, cancel, "sending the request") from exc
             try:
                 version, status, reason, response_headers = _read_head(connection.reader)
                 return _Response(connection, version, status, reason, response_headers, self.pool, origin, cancel)
             except Exception as exc:
                 connection.close()
-                raise _cancelled_error() if cancel and cancel.cancelled else _connection_error(exc, "waiting for the response") from exc
+                raise _send_error(exc, cancel, "waiting for the response") from exc
 
     def _request_bytes(self, origin: tuple[str, str, int], path: str, headers: Mapping[str, str], body: bytes) -> bytes:
         """The whole request, sent with one write."""
@@ -1795,7 +1811,8 @@ class _Transport:
             headers = _merge_headers(headers, proxy.headers)
         fixed = {"Host": _host_port(host, port, 443 if scheme == "https" else 80), "Accept-Encoding": "identity"}
         lines = [f"POST {target} HTTP/1.1"]
-        lines.extend(f"{name}: {value}" for name, value in _merge_headers(fixed, headers).items() if name.lower() not in _FRAMING_HEADERS)
+        merged = _merge_headers(fixed, headers)
+        lines.extend(f"{name}: {value}" for name, value in merged.items() if name.lower() not in _FRAMING_HEADERS)
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -2053,7 +2070,7 @@ class Together:
         _warn_if_plain_http(scheme, host)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r}, timeout={self.timeout}, max_retries={self.max_retries})"
+        return _client_repr(self)
 
     def close(self) -> None:
         """Close the kept-alive connections. The client still works afterwards, without reuse."""
@@ -2121,14 +2138,17 @@ class Together:
             raise _error_response(response)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _wait(self, retries_taken: int, headers: Mapping[str, str] | None, reason: str, options: _RequestOptions) -> None:
+    def _wait(
+        self, retries_taken: int, headers: Mapping[str, str] | None, reason: str, options: _RequestOptions
+    ) -> None:
         import random
 
         retry_after = _retry_after_seconds(headers) if headers else None
         delay = _retry_delay(retries_taken, retry_after, random.random())
         logger = _get_logger(20)
         if logger is not None:
-            logger.info("retrying in %.2fs (retry %d of %d) after %s", delay, retries_taken + 1, options.max_retries, reason)
+            retry = retries_taken + 1
+            logger.info("retrying in %.2fs (retry %d of %d) after %s", delay, retry, options.max_retries, reason)
         if options.cancel is not None and self._sleep is time.sleep:
             options.cancel.wait(delay)
             if options.cancel.cancelled:
@@ -2138,6 +2158,12 @@ class Together:
 
 
 Client = Together
+
+
+def _client_repr(client: Together | AsyncTogether) -> str:
+    """The client's settings, never its API key."""
+    name = type(client).__name__
+    return f"{name}(base_url={client.base_url!r}, timeout={client.timeout}, max_retries={client.max_retries})"
 
 
 def _log_response(url: str, response: _Response, elapsed: float) -> None:
@@ -2169,7 +2195,7 @@ def _redirect_error(response: _Response, raw: bytes) -> APIStatusError:
     elif _same_origin_path(response.origin, "/", location) is not None:
         reason = f"redirect to {location!r} not followed: more than {_MAX_REDIRECTS} redirects"
     else:
-        reason = f"redirect to {location!r} not followed (it leaves the base URL's origin, which must not see the API key)"
+        reason = f"redirect to {location!r} not followed (it leaves the base URL's origin, which must not get the key)"
     return _error_class(response.status)(
         f"Error code: {response.status} - {reason}",
         status_code=response.status,
@@ -2356,7 +2382,9 @@ class Completions:
 _END = object()  # what next() returns at the end; StopIteration cannot cross into a Future
 
 
-def _call_with_cancel(cancel: _Cancel, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _call_with_cancel(
+    cancel: _Cancel, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Run in a worker thread, with the cancel handle visible to the request it makes."""
     _CALL_STATE.cancel = cancel
     try:
@@ -2427,7 +2455,7 @@ class AsyncTogether:
         return self._sync.max_retries
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r}, timeout={self.timeout}, max_retries={self.max_retries})"
+        return _client_repr(self)
 
     async def close(self) -> None:
         """Stop the thread pool and close the kept-alive connections."""
@@ -2562,7 +2590,6 @@ AsyncChatCompletions.create.__doc__ = ChatCompletions.create.__doc__
 AsyncCompletions.create.__doc__ = Completions.create.__doc__
 
 
-
 # -- Multimodal helpers -------------------------------------------------------
 
 _URL_PREFIXES = ("http://", "https://", "data:")
@@ -2653,13 +2680,17 @@ def _cli_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"together_lite {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for name, help_text in (("chat", "chat with a model, streaming its answer"), ("complete", "complete a text prompt")):
+    commands_help = (("chat", "chat with a model, streaming its answer"), ("complete", "complete a text prompt"))
+    for name, help_text in commands_help:
         command = commands.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
         command.add_argument("prompt", nargs="?", help="the prompt; '-' (or none, with piped input) reads stdin")
-        command.add_argument("-m", "--model", default=None, help=f"model name (default: $TOGETHER_MODEL, else {DEFAULT_CLI_MODEL})")
+        model_help = f"model name (default: $TOGETHER_MODEL, else {DEFAULT_CLI_MODEL})"
+        command.add_argument("-m", "--model", default=None, help=model_help)
         if name == "chat":
             command.add_argument("-s", "--system", help="a system message")
-            command.add_argument("--image", action="append", default=[], metavar="PATH_OR_URL", help="add an image (repeatable)")
+            command.add_argument(
+                "--image", action="append", default=[], metavar="PATH_OR_URL", help="add an image (repeatable)"
+            )
         command.add_argument("--max-tokens", type=int, help="the most tokens to generate")
         command.add_argument("--temperature", type=float, help="sampling temperature")
         command.add_argument("--top-p", type=float, help="nucleus sampling threshold")

@@ -1781,6 +1781,8 @@ class _Transport:
     ) -> _Response:
         request = self._request_bytes(origin, path, headers, body)
         while True:
+            if cancel is not None and cancel.cancelled:  # a connect cannot be interrupted: do not start one
+                raise _cancelled_error()
             try:
                 connection, reused = self.pool.get(origin, timeout)
             except Exception as exc:

@@ -1261,8 +1261,15 @@ class _Proxy:
             self.headers["Proxy-Authorization"] = f"Basic {token}"
 
 
+def _proxy_variables_set() -> bool:
+    """Whether any proxy variable but NO_PROXY is set (elsewhere than macOS and Windows, the only source)."""
+    return any(name.lower().endswith("_proxy") and name.lower() != "no_proxy" for name in os.environ)
+
+
 def _environment_proxy(scheme: str, host: str, port: int) -> _Proxy | None:
     """The proxy that HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY choose, read the way urllib reads them."""
+    if sys.platform not in ("darwin", "win32") and not _proxy_variables_set():
+        return None  # nothing to find, and importing urllib.request would cost a cold start ~15 ms
     import urllib.request
 
     proxies = urllib.request.getproxies()

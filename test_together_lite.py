@@ -8348,3 +8348,27 @@ def test_the_chunks_before_a_non_object_event_still_arrive(server: Server, clien
         for piece in chat(client, stream=True):
             seen.append(piece.choices[0].delta.content)
     assert seen == ["a", "b"]
+
+
+def test_importing_and_a_first_call_load_no_heavy_modules(server: Server) -> None:
+    # Import time is measured in the benchmark; this pins what keeps it low.
+    script = (
+        "import sys, together_lite as tl\n"
+        "heavy = ('http.client', 'email', 'asyncio', 'concurrent.futures', 'urllib.request', 'ssl', 'logging')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        f"tl.Together(api_key='k', base_url={server.url!r}, max_retries=0).chat.completions.create("
+        "model='m', messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("TOGETHER_")}
+    env["NO_PROXY"] = "127.0.0.1"  # NO_PROXY alone names no proxy: nothing to look up
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=os.path.dirname(os.path.abspath(tl.__file__)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "[]"]

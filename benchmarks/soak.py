@@ -7,7 +7,7 @@ Runs a loopback server in its own process, then on ONE client:
 2. 2,000 concurrent calls from 32 threads sharing a sync client, the same mix,
 3. 2,000 concurrent calls through AsyncTogether (all in flight at once),
 
-three rounds of them, and prints open file descriptors, threads, current and
+six rounds of them, and prints open file descriptors, threads, current and
 peak RSS after each phase. The first round warms the connection pools (up to
 256 idle connections per client) and the async thread pool; a healthy run shows
 no growth after that. A ThreadPoolExecutor starts a thread for a task whenever
@@ -165,7 +165,7 @@ def _print_row(phase: str, seconds: float, snapshot: dict[str, float]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the call counts (default 1)")
-    parser.add_argument("--rounds", type=int, default=3, help="how many times to run the three phases (default 3)")
+    parser.add_argument("--rounds", type=int, default=6, help="how many times to run the three phases (default 6)")
     parser.add_argument("--max-workers", type=int, default=128, help="threads of the AsyncTogether (default 128)")
     args = parser.parse_args()
     sequential, concurrent = int(5000 * args.scale), int(2000 * args.scale)

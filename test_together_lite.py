@@ -8372,3 +8372,11 @@ def test_importing_and_a_first_call_load_no_heavy_modules(server: Server) -> Non
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[]", "[]"]
+
+
+def test_the_v1_error_and_types_module_paths_import() -> None:
+    import importlib
+
+    assert importlib.import_module("together_lite.error").RateLimitError is tl.RateLimitError
+    assert importlib.import_module("together_lite.types").ChatCompletionResponse is tl.ChatCompletionResponse
+    assert tl.error.TogetherException is tl.TogetherException

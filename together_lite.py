@@ -2801,6 +2801,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# The v1 SDK's ``together.error`` and ``together.types`` modules, for code that imports
+# from them: ``from together_lite.error import RateLimitError`` works too.
+error = types = sys.modules[__name__]
+sys.modules.setdefault(f"{__name__}.error", error)
+sys.modules.setdefault(f"{__name__}.types", types)
+
 _configure_logging(os.environ.get("TOGETHER_LOG"))
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ STREAM_WRITE_SIZE = 64 * 1024  # row 6: bytes per server write
 FULL_SIZES = {
     "import_reps": 7,
     "cold_reps": 5,
-    "runs": 3,
+    "runs": 5,
     "http_calls": 500,
     "https_calls": 200,
     "slow_calls": 50,

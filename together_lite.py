@@ -818,15 +818,16 @@ def _encode_body(body: Mapping[str, Any]) -> bytes:
         return json.dumps(body, separators=(",", ":"), allow_nan=False, default=_json_default).encode("ascii")
 
 
-def _check_header_value(name: str, value: Any) -> None:
+def _check_sendable(what: str, value: Any) -> None:
+    """A header value must be a str HTTP can carry; the message names ``what``, never the value."""
     if not isinstance(value, str):
-        raise TypeError(f"header {name!r} must be a str, not {type(value).__name__}")
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
     if _CONTROL_CHARS.search(value):
-        raise ValueError(f"header {name!r} contains a control character (CR, LF or similar)")
+        raise ValueError(f"{what} contains a control character (CR, LF or similar)")
     try:
         value.encode("latin-1")
     except UnicodeEncodeError:
-        raise ValueError(f"header {name!r} contains characters that cannot be sent in an HTTP header") from None
+        raise ValueError(f"{what} contains characters that cannot be sent in an HTTP header") from None
 
 
 def _merge_headers(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -846,7 +847,7 @@ def _check_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
     for name, value in headers.items():
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise ValueError(f"invalid header name {name!r}")
-        _check_header_value(name, value)
+        _check_sendable(f"header {name!r}", value)
         checked[name] = value
     return checked
 
@@ -1980,14 +1981,7 @@ def _resolve_api_key(api_key: Any) -> str:
             "The api_key client option must be set either by passing api_key to the client "
             "or by setting the TOGETHER_API_KEY environment variable"
         )
-    if not isinstance(key, str):
-        raise TypeError(f"api_key must be a str, not {type(key).__name__}")
-    if _CONTROL_CHARS.search(key):
-        raise ValueError("api_key contains a control character (CR, LF or similar)")
-    try:
-        key.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError("api_key contains characters that cannot be sent in an HTTP header") from None
+    _check_sendable("api_key", key)
     return key
 
 

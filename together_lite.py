@@ -1119,7 +1119,7 @@ class StreamAccumulator:
             state["finish_reason"] = finish
         text = getattr(choice, "text", None)
         if isinstance(text, str):
-            state["text"] = state.get("text", "") + text
+            state.setdefault("text", []).append(text)  # pieces, joined once at the end
         delta = getattr(choice, "delta", None)
         if delta is None:
             return
@@ -1128,14 +1128,14 @@ class StreamAccumulator:
         for name in ("content", "reasoning", "reasoning_content"):
             piece = getattr(delta, name, None)
             if isinstance(piece, str):
-                state[name] = state.get(name, "") + piece
+                state.setdefault(name, []).append(piece)
         for position, call in enumerate(getattr(delta, "tool_calls", None) or ()):
             self._add_tool_call(state["tool_calls"], position, call)
 
     @staticmethod
     def _add_tool_call(calls: dict[int, dict[str, Any]], position: int, call: Any) -> None:
         index = call.index if isinstance(getattr(call, "index", None), int) else position
-        merged = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        merged = calls.setdefault(index, {"id": None, "type": "function", "index": index, "name": [], "arguments": []})
         for name in ("id", "type"):
             if getattr(call, name, None):
                 merged[name] = getattr(call, name)
@@ -1144,8 +1144,7 @@ class StreamAccumulator:
             for name in ("name", "arguments"):
                 piece = getattr(function, name, None)
                 if isinstance(piece, str):
-                    merged["function"][name] += piece
-        merged["index"] = index
+                    merged[name].append(piece)
 
     def response(self) -> Any:
         """The accumulated ChatCompletionResponse (or CompletionResponse)."""
@@ -1154,7 +1153,7 @@ class StreamAccumulator:
         usage = self._usage.model_dump() if isinstance(self._usage, _Model) else self._usage
         if not self._is_chat:
             choices = [
-                {"index": i, "text": s.get("text", ""), "finish_reason": s.get("finish_reason")}
+                {"index": i, "text": "".join(s.get("text", ())), "finish_reason": s.get("finish_reason")}
                 for i, s in sorted(self._choices.items())
             ]
             return CompletionResponse._parse({**head, "object": "text.completion", "choices": choices, "usage": usage})
@@ -1169,12 +1168,20 @@ class StreamAccumulator:
 
     @staticmethod
     def _chat_choice(state: dict[str, Any]) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": state.get("role", "assistant"), "content": state.get("content")}
-        for name in ("reasoning", "reasoning_content"):
+        message: dict[str, Any] = {"role": state.get("role", "assistant"), "content": None}
+        for name in ("content", "reasoning", "reasoning_content"):
             if name in state:
-                message[name] = state[name]
+                message[name] = "".join(state[name])
         if state["tool_calls"]:
-            message["tool_calls"] = [call for _, call in sorted(state["tool_calls"].items())]
+            message["tool_calls"] = [
+                {
+                    "id": call["id"],
+                    "type": call["type"],
+                    "index": call["index"],
+                    "function": {"name": "".join(call["name"]), "arguments": "".join(call["arguments"])},
+                }
+                for _, call in sorted(state["tool_calls"].items())
+            ]
         return {"index": state["index"], "message": message, "finish_reason": state.get("finish_reason")}
 
 

@@ -3271,10 +3271,8 @@ def test_completion_stream_without_done_after_finish_reason_is_complete(server: 
 # -- Streaming: latency --------------------------------------------------------
 
 
-@pytest.mark.parametrize("blank", [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r"], ids=["lf", "crlf", "cr", "lf-cr"])
-def test_each_chunk_reaches_the_caller_as_soon_as_the_server_flushes_it(server: Server, blank: bytes) -> None:
-    proceed = threading.Event()
-    stalled: list[bool] = []
+def sse_held_second_chunk(blank: bytes, proceed: threading.Event, stalled: list[bool]) -> Action:
+    """Send chunk 1 and its framing, then hold chunk 2 until the test has received chunk 1."""
 
     def act(handler: Handler) -> None:
         sse_start_chunked(handler)
@@ -3289,7 +3287,19 @@ def test_each_chunk_reaches_the_caller_as_soon_as_the_server_flushes_it(server: 
         handler.wfile.write(b"0\r\n\r\n")
         handler.wfile.flush()
 
-    server.reply(act)
+    return act
+
+
+BLANK_LINES = pytest.mark.parametrize(
+    "blank", [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r"], ids=["lf", "crlf", "cr", "lf-cr"]
+)
+
+
+@BLANK_LINES
+def test_each_chunk_reaches_the_caller_as_soon_as_the_server_flushes_it(server: Server, blank: bytes) -> None:
+    proceed = threading.Event()
+    stalled: list[bool] = []
+    server.reply(sse_held_second_chunk(blank, proceed, stalled))
     with make_client(server, max_retries=0, timeout=2) as c:
         stream = chat(c, stream=True)
         first = next(stream)
@@ -3298,6 +3308,47 @@ def test_each_chunk_reaches_the_caller_as_soon_as_the_server_flushes_it(server: 
     assert stalled == []
     assert first.choices[0].delta.content == "first"
     assert sse_contents(rest) == ["second"]
+
+
+@BLANK_LINES
+def test_each_chunk_reaches_an_async_caller_as_soon_as_the_server_flushes_it(server: Server, blank: bytes) -> None:
+    # The async stream reads on while whole events are already buffered; it must never wait for more.
+    proceed = threading.Event()
+    stalled: list[bool] = []
+    server.reply(sse_held_second_chunk(blank, proceed, stalled))
+
+    async def main() -> tuple[Any, list[Any]]:
+        async with tl.AsyncTogether(api_key="k", base_url=server.url, max_retries=0, timeout=2) as c:
+            stream = await chat(c, stream=True)
+            first = await stream.__anext__()
+            proceed.set()
+            return first, [part async for part in stream]
+
+    first, rest = asyncio.run(asyncio.wait_for(main(), 10))
+    assert stalled == []
+    assert first.choices[0].delta.content == "first"
+    assert sse_contents(rest) == ["second"]
+
+
+def test_an_async_stream_takes_every_buffered_event_in_one_hop(server: Server) -> None:
+    server.reply(Reply(chunks=sse(*(chunk(str(i)) for i in range(200)), chunk(finish="stop"))))
+    hops: list[int] = []
+
+    async def main() -> list[Any]:
+        async with tl.AsyncTogether(api_key="k", base_url=server.url, max_retries=0, timeout=2) as c:
+            stream = await chat(c, stream=True)
+            original = stream.stream._next_available
+
+            def counted() -> Any:
+                hops.append(1)
+                return original()
+
+            stream.stream._next_available = counted  # type: ignore[method-assign]
+            return [part async for part in stream]
+
+    parts = asyncio.run(asyncio.wait_for(main(), 10))
+    assert len(parts) == 201
+    assert len(hops) < 100  # the 202 events (one HTTP chunk each) do not each cost a thread hop
 
 
 # -- Streaming: connection release ---------------------------------------------

@@ -969,6 +969,7 @@ class Stream:
     def __init__(self, response: _Response, parse: Callable[[Any], Any]) -> None:
         self.response = response
         self._parse = parse
+        self._deferred: TogetherException | None = None  # an error held back behind chunks
         self._batches: Generator[list[Any], None, None] = self._iter_batches()
         self._chunks: Generator[Any, None, None] = self._iter_chunks()
         self._closed = False
@@ -1044,11 +1045,33 @@ class Stream:
                 if not finished:
                     finished = _has_finish_reason(payload)
                 batch.append(parse(payload))
-            if batch:
-                yield batch
+            yield batch  # one list per read, possibly empty
         if not finished:
             raise APIConnectionError("The stream ended before it was complete (no [DONE] and no finish_reason).")
         response.release()
+
+    def _next_available(self) -> Any:
+        """The next read's chunks, plus those of every read that would not wait (one thread hop for all).
+
+        Returns ``_END`` at the end. AsyncStream runs this in a worker thread.
+        """
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+        batch: Any = next(self._batches, _END)
+        if batch is _END:
+            return _END
+        try:
+            while self.response.has_event():
+                more = next(self._batches, _END)
+                if more is _END:
+                    break
+                batch.extend(more)
+        except TogetherException as exc:
+            if not batch:
+                raise
+            self._deferred = exc  # the chunks before the error reach the caller first
+        return batch
 
     def _decode(self, data: str) -> Any:
         try:
@@ -1375,6 +1398,21 @@ class _Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()  # the descriptor is released once the reader is closed too
 
+    def peek_now(self) -> bytes:
+        """The bytes a read would get without waiting (from the buffer, or else one non-blocking read)."""
+        import contextlib
+
+        sock = self.sock
+        timeout = sock.gettimeout()
+        try:
+            sock.settimeout(0.0)  # peek() reads the socket only when its buffer is empty: do not wait
+            return self.reader.peek(1)
+        except (OSError, ValueError):
+            return b""
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(timeout)
+
     def is_dropped(self) -> bool:
         """Whether an idle connection was closed by the server: it reads as ready before we ask anything."""
         import select
@@ -1642,6 +1680,17 @@ class _Response:
         return APIConnectionError(
             f"Connection closed while reading the response: got {self._received} bytes, expected {missing} more."
         )
+
+    def has_event(self) -> bool:
+        """Whether a whole event is already here, so reading on to it cannot wait for the server.
+
+        A blank line in the buffered bytes means everything before it, chunk
+        framing included, has arrived. A compressed body cannot be judged.
+        """
+        if self._finished or self._eof or self._decoder is not None:
+            return False
+        ahead = self._connection.peek_now()
+        return b"\n\n" in ahead or b"\r\n\r\n" in ahead or b"\r\r" in ahead
 
     def release(self) -> None:
         """Done with the body: reuse the connection if the body was read to its end, else close it."""
@@ -2514,7 +2563,7 @@ class AsyncTogether:
     async def _next_batch(self, stream: Stream) -> Any:
         import asyncio
 
-        future = self._pool().submit(next, stream._batches, _END)
+        future = self._pool().submit(stream._next_available)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -2543,12 +2592,12 @@ class AsyncStream:
 
     async def __anext__(self) -> Any:
         chunk = next(self._pending, _END)
-        if chunk is _END:
+        while chunk is _END:
             batch = await self._client._next_batch(self.stream)
             if batch is _END:
                 raise StopAsyncIteration
             self._pending = iter(batch)
-            chunk = next(self._pending)
+            chunk = next(self._pending, _END)
         return chunk
 
     async def aclose(self) -> None:

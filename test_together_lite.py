@@ -8431,3 +8431,57 @@ def test_the_v1_error_and_types_module_paths_import() -> None:
     assert importlib.import_module("together_lite.error").RateLimitError is tl.RateLimitError
     assert importlib.import_module("together_lite.types").ChatCompletionResponse is tl.ChatCompletionResponse
     assert tl.error.TogetherException is tl.TogetherException
+
+
+def _call_with_cancel_after(client: tl.Together, delay: float) -> tuple[list[Any], threading.Thread]:
+    """Start a call in a thread, as an AsyncTogether worker runs it, and cancel it after ``delay``."""
+    cancel = tl._Cancel()
+    outcome: list[Any] = []
+
+    def run() -> None:
+        tl._CALL_STATE.cancel = cancel
+        try:
+            outcome.append(chat(client))
+        except BaseException as exc:  # checked by the caller
+            outcome.append(exc)
+        finally:
+            tl._CALL_STATE.cancel = None
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    time.sleep(delay)
+    cancel.cancel()
+    thread.join(2)
+    return outcome, thread
+
+
+def test_cancelling_interrupts_a_connect_that_hangs() -> None:
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        fillers = [socket.socket() for _ in range(4)]  # a full accept queue: new connects hang
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+        try:
+            client = tl.Together(api_key="k", base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", timeout=10)
+            outcome, thread = _call_with_cancel_after(client, 0.3)
+            assert not thread.is_alive(), "the connect went on after the cancel"
+            assert isinstance(outcome[0], tl.APIConnectionError) and "cancelled" in str(outcome[0])
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_cancelling_interrupts_a_tls_handshake_that_hangs() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        held: list[socket.socket] = []
+        accepter = threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True)
+        accepter.start()  # accepts, then never speaks TLS
+        try:
+            client = tl.Together(api_key="k", base_url=f"https://127.0.0.1:{listener.getsockname()[1]}/v1", timeout=10)
+            outcome, thread = _call_with_cancel_after(client, 0.3)
+            assert not thread.is_alive(), "the handshake went on after the cancel"
+            assert isinstance(outcome[0], tl.APIConnectionError) and "cancelled" in str(outcome[0])
+        finally:
+            accepter.join(2)
+            for sock in held:
+                sock.close()

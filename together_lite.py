@@ -1311,46 +1311,58 @@ def _environment_proxy(scheme: str, host: str, port: int) -> _Proxy | None:
 
 
 class _Cancel:
-    """Lets another thread abandon a request: its connection is shut and no retry follows.
+    """Lets another thread abandon a request: its socket is shut down and no retry follows.
 
-    Only the connection the request is using right now can be shut: once its
-    response is released the connection is detached, so a late cancel never
-    touches a connection that went back to the pool.
+    Shutting a socket down wakes a thread blocked on it, in connect(), the TLS
+    handshake or a read. Only the socket the request is using right now is
+    touched: once its response is released it is detached, so a late cancel
+    never reaches a connection that went back to the pool. The thread that
+    owns the socket closes it.
     """
 
-    __slots__ = ("_connection", "_event", "_lock", "cancelled")
+    __slots__ = ("_event", "_lock", "_sock", "cancelled")
 
     def __init__(self) -> None:
         self.cancelled = False
         self._event: threading.Event | None = None  # made only if a retry has to wait
-        self._connection: _Connection | None = None
+        self._sock: socket.socket | None = None
         self._lock = threading.Lock()
 
-    def attach(self, connection: _Connection) -> None:
-        """Watch the connection the request uses now; raises if it was cancelled already."""
+    def watch(self, sock: socket.socket) -> None:
+        """The socket the request uses now; raises if the request was cancelled already."""
         with self._lock:
             if not self.cancelled:
-                self._connection = connection
+                self._sock = sock
                 return
-        connection.close()
         raise _cancelled_error()
+
+    def attach(self, connection: _Connection) -> None:
+        try:
+            self.watch(connection.sock)
+        except APIConnectionError:
+            connection.close()
+            raise
 
     def detach(self, connection: _Connection) -> bool:
         """The request is done with ``connection``; False if a cancel shut it."""
         with self._lock:
-            if self._connection is connection:
-                self._connection = None
+            if self._sock is connection.sock:
+                self._sock = None
             return not self.cancelled
 
     def cancel(self) -> None:
+        import contextlib
+        import socket
+
         with self._lock:
             self.cancelled = True
-            connection, self._connection = self._connection, None
+            sock, self._sock = self._sock, None
             event = self._event
         if event is not None:
             event.set()
-        if connection is not None:
-            connection.shut()
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
 
     def wait(self, seconds: float) -> None:
         """Sleep, waking early if the request is cancelled."""
@@ -1389,15 +1401,6 @@ class _Connection:
         self.reader.close()
         self.sock.close()
 
-    def shut(self) -> None:
-        """From another thread: end the connection, waking a read in progress."""
-        import contextlib
-        import socket
-
-        with contextlib.suppress(OSError):  # already closed
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()  # the descriptor is released once the reader is closed too
-
     def peek_now(self) -> bytes:
         """The bytes a read would get without waiting (from the buffer, or else one non-blocking read)."""
         import contextlib
@@ -1425,6 +1428,31 @@ class _Connection:
             return bool(select.select([self.sock], [], [], 0)[0])
         except (OSError, ValueError):
             return True
+
+
+def _open_socket(address: tuple[str, int], timeout: float, cancel: _Cancel | None) -> socket.socket:
+    """socket.create_connection, but each socket is watched by ``cancel`` before it connects."""
+    import socket
+
+    host, port = address
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            if cancel is not None:
+                cancel.watch(sock)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+        if cancel is not None and cancel.cancelled:
+            break
+    raise error if error is not None else OSError(f"no address found for {host}")
 
 
 def _open_tunnel(sock: socket.socket, host: str, port: int, proxy_headers: Mapping[str, str]) -> None:
@@ -1741,7 +1769,9 @@ class _ConnectionPool:
         self._lock = threading.Lock()
         self._closed = False
 
-    def get(self, origin: tuple[str, str, int], timeout: float) -> tuple[_Connection, bool]:
+    def get(
+        self, origin: tuple[str, str, int], timeout: float, cancel: _Cancel | None = None
+    ) -> tuple[_Connection, bool]:
         """A connection to the origin and whether it was used before."""
         now = time.monotonic()
         while True:
@@ -1755,7 +1785,7 @@ class _ConnectionPool:
                 continue
             connection.sock.settimeout(timeout)
             return connection, True
-        return self._connect(origin, timeout), False
+        return self._connect(origin, timeout, cancel), False
 
     def put(self, origin: tuple[str, str, int], connection: _Connection) -> None:
         now = time.monotonic()
@@ -1786,20 +1816,23 @@ class _ConnectionPool:
             self._proxies[origin] = _environment_proxy(*origin)
         return self._proxies[origin]
 
-    def _connect(self, origin: tuple[str, str, int], timeout: float) -> _Connection:
+    def _connect(self, origin: tuple[str, str, int], timeout: float, cancel: _Cancel | None) -> _Connection:
         """A new connection: TCP, through the proxy if any, then TLS for https."""
         import socket
 
         scheme, host, port = origin
         proxy = self.proxy_for(origin)
-        sock = socket.create_connection((proxy.host, proxy.port) if proxy else (host, port), timeout)
+        sock = _open_socket((proxy.host, proxy.port) if proxy else (host, port), timeout, cancel)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
                 if proxy is not None:
                     _open_tunnel(sock, host, port, proxy.headers)
                 context = self._ssl_context or _default_ssl_context()
-                sock = context.wrap_socket(sock, server_hostname=host)
+                sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+                if cancel is not None:
+                    cancel.watch(sock)  # the TLS socket took over the descriptor
+                sock.do_handshake()
         except BaseException:
             sock.close()
             raise
@@ -1848,9 +1881,9 @@ class _Transport:
             if cancel is not None and cancel.cancelled:  # a connect cannot be interrupted: do not start one
                 raise _cancelled_error()
             try:
-                connection, reused = self.pool.get(origin, timeout)
+                connection, reused = self.pool.get(origin, timeout, cancel)
             except Exception as exc:
-                raise _connection_error(exc, "connecting") from exc
+                raise _send_error(exc, cancel, "connecting") from exc
             if cancel is not None:
                 cancel.attach(connection)
             try:

@@ -1747,7 +1747,9 @@ def test_retry_delay_matches_the_sdk_vectors(remaining: int, retry_after: str, e
         ({}, None),
         ({"retry-after": "20"}, 20.0),
         ({"retry-after": "0.5"}, 0.5),
-        ({"retry-after": "-10"}, -10.0),
+        ({"retry-after": "-10"}, None),  # delta-seconds are digits: a sign makes it unusable
+        ({"retry-after": "1e3"}, None),
+        ({"retry-after": "1_000"}, None),
         ({"retry-after": ""}, None),
         ({"retry-after": "soon"}, None),
         ({"retry-after": "inf"}, None),

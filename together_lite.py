@@ -117,6 +117,7 @@ _DRAIN_SECONDS = 0.25  # how long to wait for a stream's tail after [DONE]
 _DRAIN_BYTES = 1 << 16  # how much tail to read after [DONE] before giving up on reuse
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # Retry-After is digits; a fraction is tolerated
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
 # -- Errors -------------------------------------------------------------------
@@ -1986,13 +1987,11 @@ def _retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -
 
 
 def _finite_float(value: str | None) -> float | None:
-    if value is None:
+    """A delay header's number of seconds: digits, with an optional fraction (no sign, exponent or inf)."""
+    if value is None or not _DELAY_SECONDS.fullmatch(value.strip()):
         return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if number - number == 0 else None  # false for inf and nan
+    number = float(value)
+    return number if number != float("inf") else None  # hundreds of digits: junk, not a wait
 
 
 def _retry_delay(retries_taken: int, retry_after: float | None, jitter: float) -> float:

@@ -7992,51 +7992,12 @@ def test_a_fuzzed_stream_body_ends_normally_or_raises_a_together_exception(serve
 
 # -- Hardening: no leaks under load ----------------------------------------------------------------
 
-hard_SOAK_SERVER = r"""
-import json, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-RESPONSE = json.dumps({"id": "s", "object": "chat.completion", "created": 1, "model": "m",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}).encode()
-EVENT = {"id": "s", "object": "chat.completion.chunk", "created": 1, "model": "m"}
-STREAM = b"".join(
-    [b"data: " + json.dumps(dict(EVENT, choices=[{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}])).encode() + b"\n\n"] * 19
-    + [b"data: " + json.dumps(dict(EVENT, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])).encode() + b"\n\n",
-       b"data: [DONE]\n\n"])
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    def log_message(self, *args):
-        pass
-    def do_POST(self):
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200)
-        if request.get("stream"):
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(STREAM), STREAM))
-        else:
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(RESPONSE)))
-            self.end_headers()
-            self.wfile.write(RESPONSE)
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-
-server = Server(("127.0.0.1", 0), Handler)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
-
 
 @pytest.fixture
 def hard_soak_url() -> Iterator[str]:
     """A loopback server in its own process, so its sockets and threads are not counted as ours."""
-    process = subprocess.Popen([sys.executable, "-c", hard_SOAK_SERVER], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    soak = os.path.join(os.path.dirname(os.path.abspath(tl.__file__)), "benchmarks", "soak.py")
+    process = subprocess.Popen([sys.executable, soak, "--serve"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         assert process.stdout is not None
         port = int(process.stdout.readline())

@@ -411,15 +411,18 @@ class _Model:
             if value is not None:
                 attrs[name] = convert(value)
 
+    def _declared(self) -> list[str]:
+        return [field.name for field in fields(self)]  # type: ignore[arg-type]
+
     def _items(self) -> dict[str, Any]:
-        items = {field.name: getattr(self, field.name) for field in fields(self)}  # type: ignore[arg-type]
+        items = {name: getattr(self, name) for name in self._declared()}
         items.update(self.__dict__)
         return items
 
     @property
     def model_extra(self) -> dict[str, Any]:
         """The fields the server sent that this type does not declare."""
-        declared = {field.name for field in fields(self)}  # type: ignore[arg-type]
+        declared = set(self._declared())
         return {name: value for name, value in self.__dict__.items() if name not in declared}
 
     def model_dump(self, *, exclude_none: bool = False) -> dict[str, Any]:
@@ -2045,21 +2048,15 @@ _CALL_STATE = threading.local()  # per thread: the cancel handle of the AsyncTog
 def _check_timeout(timeout: Any, default: float) -> float:
     if timeout is None:
         return default
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-    if not timeout > 0 or timeout == float("inf"):
+    _check_number("timeout", timeout)
+    if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
 
 
 def _check_max_retries(max_retries: Any, default: int) -> int:
-    if max_retries is None:
-        return default
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-        raise TypeError(f"max_retries must be an int, not {type(max_retries).__name__}")
-    if max_retries < 0:
-        raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-    return max_retries
+    _check_int("max_retries", max_retries, 0)
+    return default if max_retries is None else int(max_retries)
 
 
 def _resolve_api_key(api_key: Any) -> str:

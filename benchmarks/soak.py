@@ -167,7 +167,12 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the call counts (default 1)")
     parser.add_argument("--rounds", type=int, default=6, help="how many times to run the three phases (default 6)")
     parser.add_argument("--max-workers", type=int, default=128, help="threads of the AsyncTogether (default 128)")
+    parser.add_argument("--serve", action="store_true", help="only run the server: print its port, serve until killed")
     args = parser.parse_args()
+    if args.serve:  # the test suite's small soak uses this server too
+        server = _Server(("127.0.0.1", 0), _Handler)
+        print(server.server_address[1], flush=True)
+        server.serve_forever()
     sequential, concurrent = int(5000 * args.scale), int(2000 * args.scale)
 
     ports: multiprocessing.Queue[int] = multiprocessing.Queue()

@@ -2589,6 +2589,11 @@ class AsyncTogether:
             future.add_done_callback(_close_abandoned)
             raise
 
+    async def _create(self, create: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        """A sync ``create`` run on the pool; a stream comes back as an AsyncStream."""
+        result = await self._run(create, **kwargs)
+        return AsyncStream(result, self) if isinstance(result, Stream) else result
+
     async def _next_batch(self, stream: Stream) -> Any:
         import asyncio
 
@@ -2651,8 +2656,8 @@ class AsyncChatCompletions:
 
     async def create(self, **kwargs: Any) -> ChatCompletionResponse | AsyncStream:
         """Create a chat completion; see ``ChatCompletions.create`` for the parameters."""
-        result = await self._client._run(self._client._sync.chat.completions.create, **kwargs)
-        return AsyncStream(result, self._client) if isinstance(result, Stream) else result
+        create = self._client._sync.chat.completions.create
+        return await self._client._create(create, kwargs)  # type: ignore[no-any-return]
 
 
 class AsyncChat:
@@ -2670,12 +2675,8 @@ class AsyncCompletions:
 
     async def create(self, **kwargs: Any) -> CompletionResponse | AsyncStream:
         """Create a text completion; see ``Completions.create`` for the parameters."""
-        result = await self._client._run(self._client._sync.completions.create, **kwargs)
-        return AsyncStream(result, self._client) if isinstance(result, Stream) else result
+        return await self._client._create(self._client._sync.completions.create, kwargs)  # type: ignore[no-any-return]
 
-
-AsyncChatCompletions.create.__doc__ = ChatCompletions.create.__doc__
-AsyncCompletions.create.__doc__ = Completions.create.__doc__
 
 
 # -- Multimodal helpers -------------------------------------------------------

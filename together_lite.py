@@ -24,6 +24,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, fields
 
 # socket, ssl and the rest are imported when first needed, so that importing
@@ -972,10 +973,12 @@ class Stream:
 
     def __init__(self, response: _Response, parse: Callable[[Any], Any]) -> None:
         self.response = response
-        self._parse = parse
+        self._reader = _StreamReader(response, parse)
         self._deferred: TogetherException | None = None  # an error held back behind chunks
-        self._batches: Generator[list[Any], None, None] = self._iter_batches()
-        self._chunks: Generator[Any, None, None] = self._iter_chunks()
+        # The generators refer to the reader, never to the stream, so a dropped stream is freed
+        # (and closes its socket) at once instead of waiting for the cycle collector.
+        self._batches: Generator[list[Any], None, None] = self._reader.batches()
+        self._chunks: Generator[Any, None, None] = _flatten(self._batches)
         self._closed = False
 
     @property
@@ -983,8 +986,8 @@ class Stream:
         """The response headers, with lower-case names."""
         return self.response.headers
 
-    def __iter__(self) -> Iterator[Any]:
-        return self._chunks
+    def __iter__(self) -> Stream:
+        return self  # the loop holds the stream, so the stream stays open while it runs
 
     def __next__(self) -> Any:
         return next(self._chunks)
@@ -1002,7 +1005,7 @@ class Stream:
         """Stop reading and release the connection (closed, unless the stream was complete)."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = self._reader.stopped = True
         try:
             self._chunks.close()
             self._batches.close()
@@ -1010,16 +1013,44 @@ class Stream:
             self.response.abort()
         self.response.close()
 
-    def _iter_chunks(self) -> Generator[Any, None, None]:
-        for batch in self._batches:
-            yield from batch
+    def _next_available(self) -> Any:
+        """The next read's chunks, plus those of every read that would not wait (one thread hop for all).
 
-    def _iter_batches(self) -> Generator[list[Any], None, None]:
+        Returns ``_END`` at the end. AsyncStream runs this in a worker thread.
+        """
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+        batch: Any = next(self._batches, _END)
+        if batch is _END:
+            return _END
+        try:
+            while self.response.has_event():
+                more = next(self._batches, _END)
+                if more is _END:
+                    break
+                batch.extend(more)
+        except TogetherException as exc:
+            if not batch:
+                raise
+            self._deferred = exc  # the chunks before the error reach the caller first
+        return batch
+
+
+class _StreamReader:
+    """Turns a streamed response's body into lists of parsed chunks."""
+
+    def __init__(self, response: _Response, parse: Callable[[Any], Any]) -> None:
+        self.response = response
+        self._parse = parse
+        self.stopped = False  # set by Stream.close(): a read that fails from now on is a stop
+
+    def batches(self) -> Generator[list[Any], None, None]:
         """Lists of chunks: all that one piece of the body completed, so none waits for the next read."""
         try:
             yield from self._read_batches()
         except APIConnectionError:
-            if not self._closed:  # closed from another thread: a stop, not a failure
+            if not self.stopped:  # closed from another thread: a stop, not a failure
                 raise
         finally:
             self.response.close()
@@ -1054,29 +1085,6 @@ class Stream:
             raise APIConnectionError("The stream ended before it was complete (no [DONE] and no finish_reason).")
         response.release()
 
-    def _next_available(self) -> Any:
-        """The next read's chunks, plus those of every read that would not wait (one thread hop for all).
-
-        Returns ``_END`` at the end. AsyncStream runs this in a worker thread.
-        """
-        if self._deferred is not None:
-            error, self._deferred = self._deferred, None
-            raise error
-        batch: Any = next(self._batches, _END)
-        if batch is _END:
-            return _END
-        try:
-            while self.response.has_event():
-                more = next(self._batches, _END)
-                if more is _END:
-                    break
-                batch.extend(more)
-        except TogetherException as exc:
-            if not batch:
-                raise
-            self._deferred = exc  # the chunks before the error reach the caller first
-        return batch
-
     def _decode(self, data: str) -> Any:
         try:
             return json.loads(data)
@@ -1087,6 +1095,11 @@ class Stream:
                 headers=self.response.headers,
                 body=data,
             ) from None
+
+
+def _flatten(batches: Iterator[list[Any]]) -> Generator[Any, None, None]:
+    for batch in batches:
+        yield from batch
 
 
 def _event_error(event: str | None, payload: Any, response: _Response) -> APIError | None:
@@ -1772,6 +1785,9 @@ class _ConnectionPool:
         self._proxies: dict[tuple[str, str, int], _Proxy | None] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # A client dropped without close() still closes its idle sockets. A finalizer, unlike
+        # __del__, runs before the cycle collector finalizes the sockets (which would warn).
+        self._close_idle = weakref.finalize(self, _close_idle_connections, self._idle, self._lock)
 
     def get(
         self, origin: tuple[str, str, int], timeout: float, cancel: _Cancel | None = None
@@ -1807,11 +1823,8 @@ class _ConnectionPool:
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, {}
-        for connections in idle.values():
-            for connection, _ in connections:
-                connection.close()
+            self._closed = True  # from now on put() closes what it is given
+        self._close_idle()
 
     def proxy_for(self, origin: tuple[str, str, int]) -> _Proxy | None:
         if self._explicit_proxy is not None:
@@ -1841,6 +1854,16 @@ class _ConnectionPool:
             sock.close()
             raise
         return _Connection(sock)
+
+
+def _close_idle_connections(
+    idle: dict[tuple[str, str, int], list[tuple[_Connection, float]]], lock: threading.Lock
+) -> None:
+    with lock:
+        connections = [connection for kept in idle.values() for connection, _ in kept]
+        idle.clear()
+    for connection in connections:
+        connection.close()
 
 
 class _Transport:

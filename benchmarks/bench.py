@@ -5,6 +5,7 @@ Run from anywhere (stdlib only, Python 3.8+, POSIX, needs the `openssl` CLI):
 
     python3 benchmarks/bench.py                  # full run, a few minutes
     python3 benchmarks/bench.py --quick          # small sizes, for development
+    python3 benchmarks/bench.py --rounds 9       # more turns, steadier medians on a busy machine
     python3 benchmarks/bench.py --only 3,6 --clients together_lite,httpclient
     python3 benchmarks/bench.py --json benchmarks/results.json   (git-ignored)
 
@@ -1057,6 +1058,9 @@ def parse_args(argv: list[str] | None) -> Any:
     parser.add_argument("--clients", metavar="LIST", help="clients to run: " + ",".join(CLIENTS))
     parser.add_argument("--quick", action="store_true", help="small sizes, for development")
     parser.add_argument(
+        "--rounds", type=int, metavar="N", help="rounds of turns (default 5); more steady a noisy machine"
+    )
+    parser.add_argument(
         "--peers",
         default=os.environ.get("PEERS", "/tmp/peers"),
         help="directory of peer venvs (default $PEERS or /tmp/peers)",
@@ -1069,7 +1073,11 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     args = parse_args(argv)
-    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    sizes = dict(QUICK_SIZES if args.quick else FULL_SIZES)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise SystemExit("--rounds must be at least 1")
+        sizes["runs"] = args.rounds
     rows = parse_selection(args.only, ROWS, "row")
     clients = parse_selection(args.clients, CLIENTS, "client")
 

@@ -1399,6 +1399,27 @@ CORE_HTML_502 = (
         pytest.param(500, b"", None, "Error code: 500 - Internal Server Error", id="empty-body"),
         pytest.param(503, b"   \n", "text/plain", "Error code: 503 - Service Unavailable", id="blank-body"),
         pytest.param(400, b'{"error": null, "message": "top"}', "application/json", "Error code: 400 - top", id="error-null"),
+        pytest.param(
+            400,
+            b'{"error": {"message": "max_tokens must be < 4096 and > 0; stop \'</s>\' or <|eot_id|>"}}',
+            "application/json",
+            "Error code: 400 - max_tokens must be < 4096 and > 0; stop '</s>' or <|eot_id|>",
+            id="json-message-with-angle-brackets",
+        ),
+        pytest.param(
+            400,
+            b'{"error": {"message": "' + b"long " * 100 + b'end"}}',
+            "application/json",
+            "Error code: 400 - " + "long " * 100 + "end",
+            id="json-message-not-cut",
+        ),
+        pytest.param(
+            400,
+            b'data: {"error": {"message": "bad request in stream", "type": "invalid_request_error"}}\n\n',
+            "text/event-stream",
+            "Error code: 400 - bad request in stream",
+            id="sse-error-body",
+        ),
     ],
 )
 def test_other_error_body_shapes_give_a_clean_message(
@@ -6211,6 +6232,27 @@ def test_cancelling_a_task_inside_async_for_closes_the_stream(aio_server: Server
     aio_run(client.close())
 
 
+def test_a_read_cancelled_by_a_timeout_makes_the_next_read_raise_not_end(aio_server: Server) -> None:
+    hung_up = threading.Event()
+    aio_server.reply(aio_slow_stream(hung_up))
+    client = aio_make_client(aio_server)
+
+    async def main() -> List[Any]:
+        stream = await chat(client, stream=True)
+        reads: List[Any] = [(await stream.__anext__()).choices[0].delta.content]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(stream.__anext__(), 0.2)  # the server stalls: this read is cancelled
+        with pytest.raises(tl.APIConnectionError, match="cancelled"):
+            await stream.__anext__()
+        await stream.aclose()  # closing on purpose afterwards: the stream then just ends
+        reads.extend([part async for part in stream])
+        return reads
+
+    assert aio_run(main()) == ["Hel"]
+    assert hung_up.wait(1.5), "the server never saw the stream's connection close"
+    aio_run(client.close())
+
+
 def test_a_stream_produced_after_its_call_was_cancelled_is_closed(aio_server: Server) -> None:
     hung_up = threading.Event()
     gate = threading.Event()
@@ -6543,11 +6585,12 @@ def test_chat_reads_the_prompt_from_piped_stdin(server: Server, args: List[str])
     assert server.requests[0].json["messages"] == [{"role": "user", "content": "line one\nline two"}]
 
 
-def test_chat_without_a_prompt_and_empty_stdin_sends_an_empty_prompt(server: Server) -> None:
-    server.reply(cli_stream("ok"))
-    result = cli_run(server, "chat", stdin=subprocess.DEVNULL)
-    assert result.returncode == 0
-    assert server.requests[0].json["messages"] == [{"role": "user", "content": ""}]
+@pytest.mark.parametrize("args, piped", [(["chat"], None), (["chat", "-"], " \n"), (["complete"], "")])
+def test_an_empty_prompt_on_stdin_is_a_usage_error(server: Server, args: List[str], piped: Optional[str]) -> None:
+    result = cli_run(server, *args, input=piped, stdin=None if piped is not None else subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "the prompt on stdin is empty" in result.stderr
+    assert server.requests == []
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
@@ -6561,6 +6604,35 @@ def test_chat_without_a_prompt_on_a_terminal_is_a_usage_error(server: Server) ->
     assert result.returncode == 2
     assert "PROMPT" in result.stderr
     assert server.requests == []
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(server: Server) -> None:
+    reader_gone = threading.Event()
+
+    def act(handler: Handler) -> None:  # the first piece, then the rest once the reader has gone
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        handler.wfile.write(b"".join(sse(chunk("first "), done=False)))
+        handler.wfile.flush()
+        reader_gone.wait(5)
+        handler.wfile.write(b"".join(sse(*(chunk("more ") for _ in range(50)), chunk(finish="stop"))))
+        handler.close_connection = True
+
+    server.reply(act)
+    process = subprocess.Popen(
+        [*CLI_INVOCATIONS["script"], "chat", "hi"],
+        cwd=cli_directory(),
+        env=cli_env(server),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(6) == b"first "  # then hang up, as `| head -c 6` does
+    process.stdout.close()
+    reader_gone.set()
+    stderr = process.stderr.read().decode()
+    assert process.wait(20) == 141
+    assert stderr == ""
 
 
 # -- Command line: complete ---------------------------------------------------
@@ -6646,6 +6718,8 @@ def test_help_exits_0(server: Server, args: List[str]) -> None:
         ["--bogus"],
         ["frobnicate", "hi"],
         ["chat", "--max-tokens", "many", "hi"],
+        ["chat", "--max-tokens", "-5", "hi"],
+        ["complete", "--max-tokens", "0", "hi"],
         ["chat", "--temperature", "hot", "hi"],
         ["chat", "one", "two"],
         ["complete", "--image", "x.png", "p"],
@@ -7477,6 +7551,57 @@ def test_a_reset_before_the_headers_is_a_connection_error(hard_raw: Any, stream:
         list(chat(hard_client(raw_server.url), stream=stream)) if stream else chat(hard_client(raw_server.url))
     assert not isinstance(info.value, tl.Timeout)
     assert len(raw_server.requests) == 1
+
+
+def hard_early_answer(answer: bytes, connections: List[int]) -> Iterator[str]:
+    """A server that reads a request's head only, answers at once and hangs up on the unread body."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:  # noqa: UP041 (not yet TimeoutError on 3.8 and 3.9)
+                continue
+            except OSError:
+                return
+            conn.settimeout(5)
+            connections.append(1)
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                conn.sendall(answer)
+                # closing with most of the body unread sends a reset, which fails the client's write
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_sent_before_a_big_upload_was_read_is_the_error_raised(stream: bool) -> None:
+    body = b'{"error": {"message": "Request Entity Too Large: max 1MB", "type": "invalid_request_error"}}'
+    answer = hard_http(body, status="413 Payload Too Large", extra="Connection: close\r\n")
+    connections: List[int] = []
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 16_000_000}}
+    with contextlib.contextmanager(hard_early_answer)(answer, connections) as url:
+        client = hard_client(url, max_retries=2)
+        with pytest.raises(tl.APIStatusError) as info:
+            chat(client, messages=[{"role": "user", "content": [image]}], stream=stream)
+        client.close()
+    assert info.value.status_code == 413
+    assert str(info.value) == "Error code: 413 - Request Entity Too Large: max 1MB"
+    assert connections == [1]  # a 413 is an answer: not retried, the upload not sent again
 
 
 @pytest.mark.parametrize("then", ["close", "reset"])

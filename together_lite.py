@@ -285,7 +285,14 @@ def _parse_body(raw: bytes) -> Any:
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
-        return text
+        pass
+    if text.startswith(("data:", "event:")):  # a failed streaming request may answer in SSE
+        for event in _SSEDecoder().feed(text.encode() + b"\n\n"):
+            try:
+                return json.loads(event.data)
+            except (ValueError, RecursionError):
+                break
+    return text
 
 
 def _text_summary(text: str) -> str:
@@ -306,9 +313,11 @@ def _error_detail(body: Any) -> Any:
 
 def _error_text(body: Any) -> str:
     """The human message of an error body, whatever its shape."""
+    if isinstance(body, str):  # not JSON: an HTML page or plain text
+        return _text_summary(body)
     detail = _error_detail(body)
     if isinstance(detail, str):
-        return _text_summary(detail)
+        return detail.strip()  # a JSON message is kept as sent: "<", "</s>" and "<|eot_id|>" are text
     for source in (detail, body):
         if not isinstance(source, dict):
             continue
@@ -317,7 +326,7 @@ def _error_text(body: Any) -> str:
             if isinstance(value, list) and value and isinstance(value[0], dict):
                 value = value[0].get("msg")  # a validation error list, as FastAPI sends
             if isinstance(value, str) and value.strip():
-                return _text_summary(value)
+                return value.strip()
     return ""  # no message in there: the caller falls back to the reason phrase
 
 
@@ -1866,6 +1875,10 @@ def _close_idle_connections(
         connection.close()
 
 
+# A peer that closed its end: an idle connection it dropped, or an early answer and a hang-up.
+_PEER_CLOSED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
 class _Transport:
     """The one seam all HTTP goes through: send a request, get a status, headers and a body."""
 
@@ -1916,9 +1929,13 @@ class _Transport:
             try:
                 connection.sock.sendall(request)
             except Exception as exc:
-                connection.close()
-                if reused and isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+                if reused and isinstance(exc, _PEER_CLOSED):
+                    connection.close()
                     continue  # the server closed it while idle; it never saw this request
+                early = self._early_response(connection, origin, cancel) if isinstance(exc, _PEER_CLOSED) else None
+                if early is not None:
+                    return early
+                connection.close()
                 raise _send_error(exc, cancel, "sending the request") from exc
             try:
                 version, status, reason, response_headers = _read_head(connection.reader)
@@ -1926,6 +1943,18 @@ class _Transport:
             except Exception as exc:
                 connection.close()
                 raise _send_error(exc, cancel, "waiting for the response") from exc
+
+    def _early_response(
+        self, connection: _Connection, origin: tuple[str, str, int], cancel: _Cancel | None
+    ) -> _Response | None:
+        """The answer a server sent before it stopped reading a request (a 413 for a big upload), if any."""
+        try:
+            version, status, reason, headers = _read_head(connection.reader)
+        except Exception:
+            return None
+        response = _Response(connection, version, status, reason, headers, self.pool, origin, cancel)
+        response._keep_alive = False  # the rest of the request is still unread on the other side
+        return response
 
     def _request_bytes(self, origin: tuple[str, str, int], path: str, headers: Mapping[str, str], body: bytes) -> bytes:
         """The whole request, sent with one write."""
@@ -2638,6 +2667,7 @@ class AsyncStream:
         self.stream = stream
         self._client = client
         self._pending: Iterator[Any] = iter(())
+        self._cut_off = False  # a read was cancelled, which closed the stream mid-way
 
     @property
     def headers(self) -> dict[str, str]:
@@ -2648,9 +2678,17 @@ class AsyncStream:
         return self
 
     async def __anext__(self) -> Any:
+        import asyncio
+
         chunk = next(self._pending, _END)
         while chunk is _END:
-            batch = await self._client._next_batch(self.stream)
+            if self._cut_off:  # ending quietly here would pass a cut-off answer for a whole one
+                raise APIConnectionError("The stream was closed when a read of it was cancelled (by a timeout?).")
+            try:
+                batch = await self._client._next_batch(self.stream)
+            except asyncio.CancelledError:
+                self._cut_off = True
+                raise
             if batch is _END:
                 raise StopAsyncIteration
             self._pending = iter(batch)
@@ -2660,6 +2698,7 @@ class AsyncStream:
     async def aclose(self) -> None:
         """Stop reading and release the connection."""
         self._pending = iter(())
+        self._cut_off = False  # closed on purpose: reading on just ends
         self.stream.close()
 
     close = aclose
@@ -2803,7 +2842,7 @@ def _cli_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--image", action="append", default=[], metavar="PATH_OR_URL", help="add an image (repeatable)"
             )
-        command.add_argument("--max-tokens", type=int, help="the most tokens to generate")
+        command.add_argument("--max-tokens", type=_cli_positive_int, help="the most tokens to generate")
         command.add_argument("--temperature", type=float, help="sampling temperature")
         command.add_argument("--top-p", type=float, help="nucleus sampling threshold")
         command.add_argument("--stop", action="append", metavar="TEXT", help="a stop sequence (repeatable)")
@@ -2815,10 +2854,24 @@ def _cli_parser() -> argparse.ArgumentParser:
 
 def _cli_prompt(parser: argparse.ArgumentParser, prompt: str | None) -> str:
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
-        return sys.stdin.read()
+        prompt = sys.stdin.read()
+        if not prompt.strip():
+            parser.error("the prompt on stdin is empty")
     if prompt is None:
         parser.error("give a PROMPT, or pipe one on stdin")
     return prompt
+
+
+def _cli_positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _cli_request(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
@@ -2879,7 +2932,7 @@ def _cli_error_line(exc: TogetherException) -> str:
     if isinstance(exc, APIStatusError) and exc.status_code is not None:
         prefix = f"Error code: {exc.status_code} - "
         message = f"{exc.status_code} {message[len(prefix):] if message.startswith(prefix) else message}"
-    return f"error: {message}"
+    return "error: " + " ".join(message.split())  # one line, whatever the server's message holds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2898,6 +2951,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.write(_cli_error_line(exc) + "\n")
         return 1
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a pipeline expects
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
+        return 141
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1

@@ -901,7 +901,9 @@ def test_completion_stop_string_kwargs_and_extra_body(server: Server, client: tl
         ({"timeout": -1}, ValueError, "timeout"),
         ({"timeout": "5"}, TypeError, "timeout"),
         ({"max_retries": -1}, ValueError, "max_retries"),
-        ({"max_retries": 1.0}, TypeError, "max_retries"),
+        ({"max_retries": 1.5}, TypeError, "max_retries"),
+        ({"max_tokens": 10.5}, TypeError, "max_tokens"),
+        ({"n": float("nan")}, TypeError, "n"),
     ],
 )
 def test_bad_chat_argument_raises_naming_it_before_sending(
@@ -910,6 +912,15 @@ def test_bad_chat_argument_raises_naming_it_before_sending(
     with pytest.raises(error, match=name):
         chat(client, **kwargs)
     assert server.requests == []
+
+
+def test_whole_floats_for_int_parameters_are_sent_as_ints(server: Server, client: tl.Together) -> None:
+    server.reply(Reply(200, core_chat_response()))
+    chat(client, max_tokens=2048.0, n=2.0, top_k=40.0, seed=7.0, logprobs=1.0, max_retries=0.0)
+    sent = server.requests[0].json
+    assert [(sent[name], type(sent[name])) for name in ("max_tokens", "n", "top_k", "seed", "logprobs")] == [
+        (2048, int), (2, int), (40, int), (7, int), (1, int)
+    ]
 
 
 def test_nan_temperature_raises_value_error_before_sending(server: Server, client: tl.Together) -> None:

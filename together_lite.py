@@ -743,13 +743,17 @@ def _require_str(name: str, value: Any) -> None:
         raise ValueError(f"{name} must not be empty")
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _as_int(name: str, value: Any, minimum: int) -> int | None:
+    """``value`` as an int (a whole float such as 2048.0 too, as pydantic allows); None stays None."""
     if value is None:
-        return
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def _check_number(name: str, value: Any) -> None:
@@ -784,15 +788,14 @@ def _normalize_params(params: dict[str, Any]) -> None:
     """Check the parameters both endpoints share and put them in the API's form, in place."""
     for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_p"):
         _check_number(name, params.get(name))
-    _check_int("max_tokens", params.get("max_tokens"), 0)
-    _check_int("top_k", params.get("top_k"), 0)
-    _check_int("seed", params.get("seed"), -(2**63))
-    _check_int("n", params.get("n"), 1)
+    for name, minimum in (("max_tokens", 0), ("top_k", 0), ("seed", -(2**63)), ("n", 1)):
+        if name in params:
+            params[name] = _as_int(name, params[name], minimum)
     logprobs = params.get("logprobs")
     if isinstance(logprobs, bool):  # OpenAI-style logprobs=True means one per token
         params["logprobs"] = int(logprobs)
-    else:
-        _check_int("logprobs", logprobs, 0)
+    elif logprobs is not None:
+        params["logprobs"] = _as_int("logprobs", logprobs, 0)
     if not isinstance(params.get("stream", False), bool):
         raise TypeError("stream must be a bool")
     if params.get("stream") is False:  # the API's default; not sent
@@ -2107,8 +2110,8 @@ def _check_timeout(timeout: Any, default: float) -> float:
 
 
 def _check_max_retries(max_retries: Any, default: int) -> int:
-    _check_int("max_retries", max_retries, 0)
-    return default if max_retries is None else int(max_retries)
+    value = _as_int("max_retries", max_retries, 0)
+    return default if value is None else value
 
 
 def _resolve_api_key(api_key: Any) -> str:
@@ -2571,8 +2574,7 @@ class AsyncTogether:
             proxy=proxy,
             ssl_context=ssl_context,
         )
-        _check_int("max_workers", max_workers, 1)
-        self.max_workers = max_workers or DEFAULT_MAX_WORKERS
+        self.max_workers = _as_int("max_workers", max_workers, 1) or DEFAULT_MAX_WORKERS
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         self.chat = AsyncChat(self)

@@ -1178,6 +1178,53 @@ def test_model_dump_gives_plain_json_that_round_trips(server: Server, client: tl
     assert json.loads(response.model_dump_json(exclude_none=True)) == core_drop_none(body)
 
 
+def test_model_dump_takes_pydantic_options(server: Server, client: tl.Together) -> None:
+    body = core_response_with_unknown_fields()
+    server.reply(Reply(200, body))
+    response = chat(client)
+    assert response.model_dump(mode="json", by_alias=True, round_trip=False, warnings=False) == response.model_dump()
+    assert response.model_dump(exclude_unset=True) == body  # exactly what the server sent
+    assert response.model_dump(exclude_defaults=True) == response.model_dump(exclude_none=True)
+    assert set(response.model_dump(include={"id", "model"})) == {"id", "model"}
+    assert "choices" not in response.model_dump(exclude={"choices"})
+    assert "usage" not in response.model_dump(exclude={"usage": True})
+    assert json.loads(response.model_dump_json(exclude_unset=True, include={"id"})) == {"id": body["id"]}
+    with pytest.raises(ValueError, match="mode"):
+        response.model_dump(mode="xml")
+    with pytest.raises(ValueError, match="nested"):
+        response.model_dump(exclude={"choices": {0: {"logprobs"}}})
+    with pytest.raises(TypeError):
+        response.model_dump(no_such_option=True)
+
+
+def test_results_have_pydantic_s_other_common_methods(server: Server, client: tl.Together) -> None:
+    body = core_response_with_unknown_fields()
+    server.reply(Reply(200, body))
+    response = chat(client)
+    assert response.dict() == response.model_dump() and json.loads(response.json()) == response.model_dump()
+    assert dict(response.choices[0].message)["content"] == response.choices[0].message.content
+    rebuilt = tl.ChatCompletionResponse.model_validate(body)
+    assert rebuilt == response and rebuilt.choices[0].message.content == response.choices[0].message.content
+    assert tl.ChatCompletionResponse.model_validate_json(json.dumps(body)) == response
+    assert tl.ChatCompletionResponse.model_validate(response) is response
+    with pytest.raises(TypeError, match="dict"):
+        tl.ChatCompletionResponse.model_validate([body])
+    changed = response.model_copy(update={"model": "other"})
+    assert (changed.model, response.model) == ("other", body["model"])
+    deep = response.model_copy(deep=True)
+    assert deep == response and deep.choices[0] is not response.choices[0]
+    assert response.copy().choices[0] is response.choices[0]
+
+
+def test_v1_constants_compare_equal_to_the_plain_strings_results_hold() -> None:
+    choice = tl.ChatChoice._parse({"finish_reason": "stop", "message": {"role": "assistant"}})
+    assert choice.finish_reason == tl.FinishReason.StopSequence and type(choice.finish_reason) is str
+    assert choice.message.role == tl.MessageRole.ASSISTANT
+    assert tl.ObjectType("chat.completion.chunk") is tl.ObjectType.ChatCompletionChunk
+    assert tl.FinishReason.Null == "" and tl.FinishReason("tool_calls") is tl.FinishReason.ToolCalls
+    assert json.dumps({"role": tl.MessageRole.USER}) == '{"role": "user"}'
+
+
 def test_model_dump_lists_declared_fields_even_when_absent(server: Server, client: tl.Together) -> None:
     response = chat(client)
     message = response.model_dump()["choices"][0]["message"]
@@ -1360,6 +1407,48 @@ def test_error_message_code_param_type_body_and_headers(server: Server, client: 
     assert error.headers["x-request-id"] == "req-123"
     assert error.headers["content-type"] == "application/json"
     assert error.request_id == "req-123"
+
+
+def test_error_headers_answer_to_any_case_and_api_response_holds_the_error_object(
+    server: Server, client: tl.Together
+) -> None:
+    server.reply(Reply(404, CORE_MODEL_NOT_FOUND, headers={"X-Request-Id": "req-123", "Retry-After": "3"}))
+    with pytest.raises(tl.NotFoundError) as info:
+        chat(client)
+    error = info.value
+    assert error.headers.get("Retry-After") == error.headers["RETRY-AFTER"] == error.headers["retry-after"] == "3"
+    assert "X-Request-ID" in error.headers and "x-nope" not in error.headers and 1 not in error.headers
+    assert error.headers.get("X-Nope", "default") == "default"
+    assert isinstance(error.api_response, tl.ErrorResponse)
+    assert error.api_response.message == "Unable to access model x."
+    assert (error.api_response.type, error.api_response.code) == ("invalid_request_error", "model_not_found")
+    assert pickle.loads(pickle.dumps(error)).headers["Retry-After"] == "3"
+
+
+def test_an_error_without_an_error_object_has_no_api_response(server: Server, client: tl.Together) -> None:
+    server.reply(Reply(502, body=CORE_HTML_502, content_type="text/html", headers={"x-should-retry": "false"}))
+    with pytest.raises(tl.APIStatusError) as info:
+        chat(client)
+    assert info.value.api_response is None
+
+
+def test_stream_headers_answer_to_any_case(server: Server, client: tl.Together) -> None:
+    server.reply(Reply(chunks=sse(chunk("a", finish="stop")), headers={"X-Request-Id": "req-9"}))
+    with chat(client, stream=True) as stream:
+        assert stream.headers["X-Request-Id"] == stream.headers.get("x-request-id") == "req-9"
+        assert stream.headers.get("Content-Type") == "text/event-stream"
+        list(stream)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_that_is_not_json_is_a_json_error(server: Server, client: tl.Together, stream: bool) -> None:
+    if stream:
+        server.reply(Reply(chunks=sse(chunk("a"), "{broken")))
+    else:
+        server.reply(Reply(200, body=b"{broken", content_type="application/json"))
+    with pytest.raises(tl.JSONError) as info:
+        list(chat(client, stream=True)) if stream else chat(client)
+    assert isinstance(info.value, tl.APIError) and not isinstance(info.value, tl.APIStatusError)
 
 
 def test_error_request_id_falls_back_to_cf_ray(server: Server, client: tl.Together) -> None:
@@ -5923,7 +6012,7 @@ def test_an_error_inside_the_stream_raises_api_error(aio_server: Server, pieces:
 
     with pytest.raises(tl.APIError) as info:
         aio_run(main())
-    assert type(info.value) is tl.APIError
+    assert type(info.value) is (tl.JSONError if "not JSON" in message else tl.APIError)
     assert str(info.value) == message
     assert info.value.status_code == 200
     assert got == ["Hel"]

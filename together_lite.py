@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, fields
+from enum import Enum
 
 # socket, ssl and the rest are imported when first needed, so that importing
 # this module stays cheap for scripts and AWS Lambda.
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     import logging
     import socket
     import ssl
-    from typing import Any, Callable, ClassVar, Generator, Iterator, Mapping, Sequence
+    from typing import Any, Callable, ClassVar, Collection, Generator, Iterator, Mapping, Sequence
 
 __all__ = [
     # clients
@@ -51,6 +52,7 @@ __all__ = [
     "TogetherException",
     "TogetherError",
     "APIError",
+    "JSONError",
     "APIStatusError",
     "AuthenticationError",
     "InvalidRequestError",
@@ -84,6 +86,10 @@ __all__ = [
     "Logprobs",
     "PromptPart",
     "InferenceWarning",
+    "ErrorResponse",
+    "FinishReason",
+    "ObjectType",
+    "MessageRole",
     # helpers
     "image_part",
     "video_part",
@@ -125,6 +131,7 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 #
 # TogetherException (alias TogetherError)
 # └── APIError                        anything the API or the network did wrong
+#     ├── JSONError                   an answer or stream event that is not the JSON expected
 #     ├── APIStatusError              an HTTP error status; .status_code
 #     │   ├── InvalidRequestError     400, 403, 404, 415, 422 (the v1 name)
 #     │   │   ├── BadRequestError            400
@@ -141,6 +148,28 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 #             └── APITimeoutError
 #
 # Caller mistakes (a bad argument) raise TypeError or ValueError before anything is sent.
+
+
+if TYPE_CHECKING:
+    _StrDict = dict[str, str]
+else:
+    _StrDict = dict
+
+
+class _Headers(_StrDict):
+    """Response headers under lower-case names, looked up in any case: ``headers.get("Retry-After")``."""
+
+    def __init__(self, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__((name.lower(), value) for name, value in (headers or {}).items())
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name.lower() if isinstance(name, str) else name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
 
 
 class TogetherException(Exception):
@@ -161,7 +190,7 @@ class TogetherException(Exception):
         super().__init__(message)
         self.message = message
         self.status_code = status_code
-        self.headers: dict[str, str] = dict(headers or {})
+        self.headers: dict[str, str] = _Headers(headers)
         self.body = body
         self.request_id = request_id
         self.code = code
@@ -172,6 +201,12 @@ class TogetherException(Exception):
     def http_status(self) -> int | None:
         """The HTTP status, under the name the v1 SDK used."""
         return self.status_code
+
+    @property
+    def api_response(self) -> ErrorResponse | None:
+        """The error object the server sent (``.message``, ``.type``, ``.code``, ``.param``), if any."""
+        detail = _error_detail(self.body)
+        return ErrorResponse._parse(detail) if type(detail) is dict else None
 
     def __str__(self) -> str:
         return self.message
@@ -190,6 +225,10 @@ TogetherError = TogetherException
 
 class APIError(TogetherException):
     """The API answered with an error, or the exchange failed; also errors inside a stream."""
+
+
+class JSONError(APIError):
+    """The API's answer was not the JSON object expected (the v1 name)."""
 
 
 class APIStatusError(APIError):
@@ -435,17 +474,85 @@ class _Model:
         declared = set(self._declared())
         return {name: value for name, value in self.__dict__.items() if name not in declared}
 
-    def model_dump(self, *, exclude_none: bool = False) -> dict[str, Any]:
-        """The object as plain JSON data (dicts, lists, strings, numbers)."""
-        return {
-            name: _plain(value, exclude_none)
-            for name, value in self._items().items()
-            if not (exclude_none and value is None)
-        }
+    def model_dump(
+        self,
+        *,
+        mode: str = "python",
+        include: Collection[str] | None = None,
+        exclude: Collection[str] | None = None,
+        by_alias: bool = False,
+        exclude_unset: bool = False,
+        exclude_defaults: bool = False,
+        exclude_none: bool = False,
+        round_trip: bool = False,
+        warnings: Any = True,
+    ) -> dict[str, Any]:
+        """The object as plain JSON data (dicts, lists, strings, numbers), with pydantic's options.
 
-    def model_dump_json(self, *, indent: int | None = None, exclude_none: bool = False) -> str:
-        """The object as a JSON string."""
-        return json.dumps(self.model_dump(exclude_none=exclude_none), indent=indent, ensure_ascii=False)
+        ``exclude_unset`` keeps only what the server sent, ``exclude_none`` (and
+        ``exclude_defaults``, since every default is None) drops None values,
+        ``include``/``exclude`` pick top-level fields by name. ``mode``,
+        ``by_alias``, ``round_trip`` and ``warnings`` change nothing: the data is
+        JSON already and no field has an alias.
+        """
+        if mode not in ("python", "json"):
+            raise ValueError(f"mode must be 'python' or 'json', not {mode!r}")
+        dump = _Dump(exclude_none or exclude_defaults, exclude_unset)
+        data = dump.model(self)
+        if include is not None:
+            data = {name: value for name, value in data.items() if name in _field_names(include, "include")}
+        if exclude is not None:
+            data = {name: value for name, value in data.items() if name not in _field_names(exclude, "exclude")}
+        return data
+
+    def model_dump_json(
+        self,
+        *,
+        indent: int | None = None,
+        include: Collection[str] | None = None,
+        exclude: Collection[str] | None = None,
+        by_alias: bool = False,
+        exclude_unset: bool = False,
+        exclude_defaults: bool = False,
+        exclude_none: bool = False,
+        round_trip: bool = False,
+        warnings: Any = True,
+    ) -> str:
+        """The object as a JSON string; the options are those of ``model_dump``."""
+        data = self.model_dump(
+            include=include,
+            exclude=exclude,
+            exclude_unset=exclude_unset,
+            exclude_defaults=exclude_defaults,
+            exclude_none=exclude_none,
+        )
+        return json.dumps(data, indent=indent, ensure_ascii=False)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy (``deep=True``: of everything inside too), with the fields in ``update`` replaced."""
+        import copy
+
+        duplicate = copy.deepcopy(self) if deep else copy.copy(self)
+        duplicate.__dict__.update(update or {})
+        return duplicate
+
+    @classmethod
+    def model_validate(cls, data: Any) -> Any:
+        """Build from a dict of JSON data (as the API sends it), or return an instance unchanged."""
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__}.model_validate needs a dict, not {type(data).__name__}")
+        return cls._parse(data)
+
+    @classmethod
+    def model_validate_json(cls, data: str | bytes) -> Any:
+        """Build from a JSON string."""
+        return cls.model_validate(json.loads(data))
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        """(name, value) pairs, as pydantic gives: ``dict(result)`` works."""
+        return iter(self._items().items())
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -459,17 +566,45 @@ class _Model:
         return f"{type(self).__name__}({shown})"
 
 
+# pydantic v1's names, which drop-in code still calls.
+_Model.dict = _Model.model_dump  # type: ignore[attr-defined]
+_Model.json = _Model.model_dump_json  # type: ignore[attr-defined]
+_Model.copy = _Model.model_copy  # type: ignore[attr-defined]
+
 _RESERVED_NAMES = frozenset(name for name in vars(_Model) if not name.startswith("__"))
 
 
-def _plain(value: Any, exclude_none: bool) -> Any:
-    if isinstance(value, _Model):
-        return value.model_dump(exclude_none=exclude_none)
-    if isinstance(value, list):
-        return [_plain(item, exclude_none) for item in value]
-    if isinstance(value, dict):
-        return {k: _plain(v, exclude_none) for k, v in value.items() if not (exclude_none and v is None)}
-    return value
+class _Dump:
+    """Turns result objects, and the lists and dicts inside them, into plain JSON data."""
+
+    def __init__(self, exclude_none: bool, exclude_unset: bool) -> None:
+        self.exclude_none = exclude_none
+        self.exclude_unset = exclude_unset
+
+    def model(self, model: _Model) -> dict[str, Any]:
+        items = model.__dict__ if self.exclude_unset else model._items()  # __dict__: what was sent
+        return self.mapping(items)
+
+    def mapping(self, items: Mapping[str, Any]) -> dict[str, Any]:
+        return {name: self.value(value) for name, value in items.items() if not (self.exclude_none and value is None)}
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, _Model):
+            return self.model(value)
+        if isinstance(value, list):
+            return [self.value(item) for item in value]
+        if isinstance(value, dict):
+            return self.mapping(value)
+        return value
+
+
+def _field_names(names: Any, option: str) -> Collection[str]:
+    """The top-level names of an include or exclude option: a set of names, or a dict of name: True."""
+    if isinstance(names, dict):
+        if not all(value is True or value is Ellipsis for value in names.values()):
+            raise ValueError(f"{option} takes top-level field names; nested selections are not supported")
+        return names.keys()
+    return names  # type: ignore[no-any-return]
 
 
 def _as_float(value: Any) -> Any:
@@ -719,6 +854,16 @@ CompletionChunk._NESTED = (
     ("warnings", _list_of(InferenceWarning)),
 )
 
+@dataclass(init=False, repr=False, eq=False)
+class ErrorResponse(_Model):
+    """The error object of an error body, as ``exception.api_response``."""
+
+    message: str | None = None
+    type: str | None = None
+    param: str | None = None
+    code: Any = None
+
+
 # The names the v1 SDK uses for the same types.
 ChatCompletionMessage = ChatMessage
 ChatCompletionChoicesData = ChatChoice
@@ -729,6 +874,39 @@ CompletionChoicesChunk = CompletionChoiceDelta
 UsageData = Usage
 LogprobsPart = Logprobs
 ToolCalls = ToolCall
+TogetherErrorResponse = ErrorResponse
+
+
+# The v1 SDK's constants, for comparisons such as ``finish_reason == FinishReason.StopSequence``.
+# Results hold plain strings, so a value the server adds later never breaks parsing.
+
+
+class FinishReason(str, Enum):
+    Length = "length"
+    StopSequence = "stop"
+    EOS = "eos"
+    ToolCalls = "tool_calls"
+    Error = "error"
+    Null = ""
+
+
+class ObjectType(str, Enum):
+    Completion = "text.completion"
+    TextCompletion = "text_completion"  # what the completions endpoint sends today
+    CompletionChunk = "completion.chunk"
+    ChatCompletion = "chat.completion"
+    ChatCompletionChunk = "chat.completion.chunk"
+    Embedding = "embedding"
+    FinetuneEvent = "fine-tune-event"
+    File = "file"
+    Model = "model"
+
+
+class MessageRole(str, Enum):
+    ASSISTANT = "assistant"
+    SYSTEM = "system"
+    USER = "user"
+    TOOL = "tool"
 
 # -- Requests -----------------------------------------------------------------
 #
@@ -995,8 +1173,8 @@ class Stream:
 
     @property
     def headers(self) -> dict[str, str]:
-        """The response headers, with lower-case names."""
-        return self.response.headers
+        """The response headers (names in any case: ``stream.headers["X-Request-Id"]``)."""
+        return _Headers(self.response.headers)
 
     def __iter__(self) -> Stream:
         return self  # the loop holds the stream, so the stream stays open while it runs
@@ -1101,7 +1279,7 @@ class _StreamReader:
         try:
             return json.loads(data)
         except (ValueError, RecursionError):
-            raise APIError(
+            raise JSONError(
                 f"The stream sent data that is not JSON: {_text_summary(data)!r}",
                 status_code=self.response.status,
                 headers=self.response.headers,
@@ -2356,7 +2534,7 @@ def _json_result(response: _Response) -> Any:
     except (ValueError, RecursionError):
         kind = response.headers.get("content-type", "no content type")
         shown = _text_summary(raw.decode("utf-8", "replace")) or "an empty body"
-        raise APIError(
+        raise JSONError(
             f"The API answered {response.status} with a body that is not JSON ({kind}): {shown}",
             status_code=response.status,
             headers=response.headers,
@@ -2371,7 +2549,7 @@ def _json_result(response: _Response) -> Any:
 
 def _not_an_object(response: _Response, payload: Any) -> APIError:
     """The error for JSON that is valid but not the object a result or chunk must be."""
-    return APIError(
+    return JSONError(
         f"The API sent JSON that is not an object but a {type(payload).__name__}.",
         status_code=response.status,
         headers=response.headers,
@@ -2673,7 +2851,7 @@ class AsyncStream:
 
     @property
     def headers(self) -> dict[str, str]:
-        """The response headers, with lower-case names."""
+        """The response headers (names in any case: ``stream.headers["X-Request-Id"]``)."""
         return self.stream.headers
 
     def __aiter__(self) -> AsyncStream:

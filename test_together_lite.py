@@ -3350,23 +3350,32 @@ def test_a_slow_but_steady_stream_does_not_time_out(server: Server) -> None:
 
 
 @pytest.mark.parametrize(
-    "pieces, expected",
+    "pieces, expected, unended",
     [
-        pytest.param(sse(chunk("a"), chunk("b"), done=False), ["a", "b"], id="chunks-then-eof"),
-        pytest.param([], [], id="empty-body"),
-        pytest.param([b": keep-alive\n\n"], [], id="only-a-comment"),
-        pytest.param(sse(chunk("a"), done=False) + [b"data: [DON"], ["a"], id="cut-inside-done"),
+        pytest.param(sse(chunk("a"), chunk("b"), done=False), ["a", "b"], False, id="chunks-then-eof"),
+        pytest.param([], [], False, id="empty-body"),
+        pytest.param([b": keep-alive\n\n"], [], False, id="only-a-comment"),
+        pytest.param(sse(chunk("a"), done=False) + [b"data: [DON"], ["a"], True, id="cut-inside-done"),
+        pytest.param(
+            [f"data: {json.dumps(chunk(text))}\n".encode() for text in "ab"], [], True, id="events-without-blank-lines"
+        ),
     ],
 )
 def test_stream_ending_without_done_or_finish_reason_raises(
-    server: Server, sse_client: tl.Together, sse_delays: "list[float]", pieces: "list[bytes]", expected: "list[str]"
+    server: Server,
+    sse_client: tl.Together,
+    sse_delays: "list[float]",
+    pieces: "list[bytes]",
+    expected: "list[str]",
+    unended: bool,
 ) -> None:
     server.reply(Reply(chunks=pieces))
     got: list[Any] = []
-    with pytest.raises(tl.APIConnectionError):
+    with pytest.raises(tl.APIConnectionError) as info:
         sse_collect(chat(sse_client, stream=True), got)
     assert sse_contents(got) == expected
     assert len(server.requests) == 1 and sse_delays == []
+    assert ("never ended by a blank line" in str(info.value)) is unended
 
 
 @pytest.mark.parametrize(

@@ -1087,6 +1087,11 @@ class _SSEDecoder:
         self._last_id: str | None = None
         self._retry: int | None = None
 
+    @property
+    def pending(self) -> bool:
+        """Whether bytes or data lines wait for the blank line that would end their event."""
+        return bool(self._partial or self._data)
+
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Take the next bytes of the stream and return the events they complete."""
         if self._skip_lf and chunk:
@@ -1272,7 +1277,10 @@ class _StreamReader:
                 batch.append(parse(payload))
             yield batch  # one list per read, possibly empty
         if not finished:
-            raise APIConnectionError("The stream ended before it was complete (no [DONE] and no finish_reason).")
+            unended = " Its last event was never ended by a blank line." if decoder.pending else ""
+            raise APIConnectionError(
+                "The stream ended before it was complete (no [DONE] and no finish_reason)." + unended
+            )
         response.release()
 
     def _decode(self, data: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -1209,11 +1210,34 @@ def test_results_have_pydantic_s_other_common_methods(server: Server, client: tl
     assert tl.ChatCompletionResponse.model_validate(response) is response
     with pytest.raises(TypeError, match="dict"):
         tl.ChatCompletionResponse.model_validate([body])
+    ordered = collections.OrderedDict(id="o", choices=[collections.OrderedDict(index=0, message={"content": "x"})])
+    validated = tl.ChatCompletionResponse.model_validate(ordered)
+    assert isinstance(validated, tl.ChatCompletionResponse) and validated.choices[0].message.content == "x"
+    assert type(validated.model_dump()["choices"][0]) is dict
     changed = response.model_copy(update={"model": "other"})
     assert (changed.model, response.model) == ("other", body["model"])
     deep = response.model_copy(deep=True)
     assert deep == response and deep.choices[0] is not response.choices[0]
     assert response.copy().choices[0] is response.choices[0]
+
+
+def test_server_fields_named_like_pydantic_v1_methods_stay_data() -> None:
+    response = tl.ChatCompletionResponse._parse({"id": "1", "json": {"a": 1}, "copy": 2, "dict": 3})
+    assert response.model_dump(exclude_none=True) == {"id": "1", "json": {"a": 1}, "copy": 2, "dict": 3}
+    assert response.json == {"a": 1}
+    assert json.loads(tl.ChatCompletionResponse._parse({"id": "2"}).json())["id"] == "2"
+
+
+def test_error_headers_behave_as_a_case_insensitive_dict() -> None:
+    error = tl.APIStatusError("x", status_code=400, headers=[("Retry-After", "2")])
+    headers = error.headers
+    assert headers["retry-after"] == "2" and dict(headers) == {"retry-after": "2"}
+    headers["X-Extra"] = "1"
+    assert headers["x-extra"] == "1" and list(headers) == ["retry-after", "x-extra"]
+    assert type(headers.copy()) is type(headers) and headers.copy()["RETRY-AFTER"] == "2"
+    with pytest.raises(KeyError):
+        headers[1]  # type: ignore[index]
+    assert headers.get(None) is None  # type: ignore[arg-type]
 
 
 def test_v1_constants_compare_equal_to_the_plain_strings_results_hold() -> None:
@@ -7711,6 +7735,16 @@ def test_an_answer_sent_before_a_big_upload_was_read_is_the_error_raised(stream:
     assert info.value.status_code == 413
     assert str(info.value) == "Error code: 413 - Request Entity Too Large: max 1MB"
     assert connections == [1]  # a 413 is an answer: not retried, the upload not sent again
+
+
+def test_an_unusable_early_answer_gives_the_send_error_and_closes_the_socket() -> None:
+    answer = hard_http(b"too big", status="413 Payload Too Large", length=-1, extra="Content-Length: abc\r\n")
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 16_000_000}}
+    with tp_no_unclosed_sockets(), contextlib.contextmanager(hard_early_answer)(answer, []) as url:
+        client = hard_client(url)
+        with pytest.raises(tl.APIConnectionError, match="sending the request"):
+            chat(client, messages=[{"role": "user", "content": [image]}])
+        client.close()
 
 
 @pytest.mark.parametrize("then", ["close", "reset"])

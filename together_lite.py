@@ -160,16 +160,26 @@ class _Headers(_StrDict):
     """Response headers under lower-case names, looked up in any case: ``headers.get("Retry-After")``."""
 
     def __init__(self, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__((name.lower(), value) for name, value in (headers or {}).items())
+        super().__init__((_lower(name), value) for name, value in dict(headers or {}).items())
 
     def __getitem__(self, name: str) -> str:
-        return super().__getitem__(name.lower())
+        return super().__getitem__(_lower(name))
+
+    def __setitem__(self, name: str, value: str) -> None:
+        super().__setitem__(_lower(name), value)
 
     def __contains__(self, name: object) -> bool:
-        return super().__contains__(name.lower() if isinstance(name, str) else name)
+        return super().__contains__(_lower(name))
 
     def get(self, name: str, default: Any = None) -> Any:
-        return super().get(name.lower(), default)
+        return super().get(_lower(name), default)
+
+    def copy(self) -> _Headers:
+        return _Headers(self)
+
+
+def _lower(name: Any) -> Any:
+    return name.lower() if isinstance(name, str) else name
 
 
 class TogetherException(Exception):
@@ -543,7 +553,7 @@ class _Model:
             return data
         if not isinstance(data, dict):
             raise TypeError(f"{cls.__name__}.model_validate needs a dict, not {type(data).__name__}")
-        return cls._parse(data)
+        return cls._parse(_Dump(exclude_none=False, exclude_unset=False).mapping(data))  # plain dicts inside
 
     @classmethod
     def model_validate_json(cls, data: str | bytes) -> Any:
@@ -566,12 +576,13 @@ class _Model:
         return f"{type(self).__name__}({shown})"
 
 
-# pydantic v1's names, which drop-in code still calls.
+_RESERVED_NAMES = frozenset(name for name in vars(_Model) if not name.startswith("__"))
+
+# pydantic v1's names, which drop-in code still calls. Not reserved: a server field named
+# "json" stays data (and hides the method on that one object), as pydantic would keep it.
 _Model.dict = _Model.model_dump  # type: ignore[attr-defined]
 _Model.json = _Model.model_dump_json  # type: ignore[attr-defined]
 _Model.copy = _Model.model_copy  # type: ignore[attr-defined]
-
-_RESERVED_NAMES = frozenset(name for name in vars(_Model) if not name.startswith("__"))
 
 
 class _Dump:
@@ -2139,9 +2150,9 @@ class _Transport:
         """The answer a server sent before it stopped reading a request (a 413 for a big upload), if any."""
         try:
             version, status, reason, headers = _read_head(connection.reader)
+            response = _Response(connection, version, status, reason, headers, self.pool, origin, cancel)
         except Exception:
-            return None
-        response = _Response(connection, version, status, reason, headers, self.pool, origin, cancel)
+            return None  # no usable answer: the caller closes the connection and reports the send error
         response._keep_alive = False  # the rest of the request is still unread on the other side
         return response
 

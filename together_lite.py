@@ -510,33 +510,16 @@ class _Model:
         dump = _Dump(exclude_none or exclude_defaults, exclude_unset)
         data = dump.model(self)
         if include is not None:
-            data = {name: value for name, value in data.items() if name in _field_names(include, "include")}
+            kept = _field_names(include, "include")
+            data = {name: value for name, value in data.items() if name in kept}
         if exclude is not None:
-            data = {name: value for name, value in data.items() if name not in _field_names(exclude, "exclude")}
+            dropped = _field_names(exclude, "exclude")
+            data = {name: value for name, value in data.items() if name not in dropped}
         return data
 
-    def model_dump_json(
-        self,
-        *,
-        indent: int | None = None,
-        include: Collection[str] | None = None,
-        exclude: Collection[str] | None = None,
-        by_alias: bool = False,
-        exclude_unset: bool = False,
-        exclude_defaults: bool = False,
-        exclude_none: bool = False,
-        round_trip: bool = False,
-        warnings: Any = True,
-    ) -> str:
-        """The object as a JSON string; the options are those of ``model_dump``."""
-        data = self.model_dump(
-            include=include,
-            exclude=exclude,
-            exclude_unset=exclude_unset,
-            exclude_defaults=exclude_defaults,
-            exclude_none=exclude_none,
-        )
-        return json.dumps(data, indent=indent, ensure_ascii=False)
+    def model_dump_json(self, *, indent: int | None = None, **options: Any) -> str:
+        """The object as a JSON string; ``options`` are those of ``model_dump``."""
+        return json.dumps(self.model_dump(**options), indent=indent, ensure_ascii=False)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Any:
         """A copy (``deep=True``: of everything inside too), with the fields in ``update`` replaced."""
@@ -864,6 +847,7 @@ CompletionChunk._NESTED = (
     ("token", CompletionToken._parse),
     ("warnings", _list_of(InferenceWarning)),
 )
+
 
 @dataclass(init=False, repr=False, eq=False)
 class ErrorResponse(_Model):

@@ -1169,12 +1169,15 @@ class Stream:
         # (and closes its socket) at once instead of waiting for the cycle collector.
         self._batches: Generator[list[Any], None, None] = self._reader.batches()
         self._chunks: Generator[Any, None, None] = _flatten(self._batches)
-        self._closed = False
 
     @property
     def headers(self) -> dict[str, str]:
         """The response headers (names in any case: ``stream.headers["X-Request-Id"]``)."""
         return _Headers(self.response.headers)
+
+    @property
+    def _closed(self) -> bool:
+        return self._reader.stopped
 
     def __iter__(self) -> Stream:
         return self  # the loop holds the stream, so the stream stays open while it runs
@@ -1193,9 +1196,9 @@ class Stream:
 
     def close(self) -> None:
         """Stop reading and release the connection (closed, unless the stream was complete)."""
-        if self._closed:
+        if self._reader.stopped:
             return
-        self._closed = self._reader.stopped = True
+        self._reader.stopped = True
         try:
             self._chunks.close()
             self._batches.close()
@@ -1233,7 +1236,7 @@ class _StreamReader:
     def __init__(self, response: _Response, parse: Callable[[Any], Any]) -> None:
         self.response = response
         self._parse = parse
-        self.stopped = False  # set by Stream.close(): a read that fails from now on is a stop
+        self.stopped = False  # Stream.close() was called: a read that fails from now on is a stop
 
     def batches(self) -> Generator[list[Any], None, None]:
         """Lists of chunks: all that one piece of the body completed, so none waits for the next read."""

@@ -6751,20 +6751,20 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(server: Server) ->
         handler.close_connection = True
 
     server.reply(act)
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [*CLI_INVOCATIONS["script"], "chat", "hi"],
         cwd=cli_directory(),
         env=cli_env(server),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    assert process.stdout is not None and process.stderr is not None
-    assert process.stdout.read(6) == b"first "  # then hang up, as `| head -c 6` does
-    process.stdout.close()
-    reader_gone.set()
-    stderr = process.stderr.read().decode()
-    assert process.wait(20) == 141
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.read(6) == b"first "  # then hang up, as `| head -c 6` does
+        process.stdout.close()
+        reader_gone.set()
+        stderr = process.stderr.read().decode()
+        assert process.wait(20) == 141
     assert stderr == ""
 
 

@@ -6386,6 +6386,29 @@ def test_a_read_cancelled_by_a_timeout_makes_the_next_read_raise_not_end(aio_ser
     aio_run(client.close())
 
 
+def test_reading_a_stream_closed_while_a_cancelled_read_still_runs_just_ends(server: Server, client: tl.Together) -> None:
+    server.reply(Reply(chunks=sse(chunk("a"), chunk("b", finish="stop"))))
+    stream = chat(client, stream=True)
+    inside, release = threading.Event(), threading.Event()
+    parse = stream._reader._parse
+
+    def slow_parse(payload: Any) -> Any:
+        inside.set()
+        release.wait(5)
+        return parse(payload)
+
+    stream._reader._parse = slow_parse
+    abandoned = threading.Thread(target=stream._next_available)  # a read whose awaiting task was cancelled
+    abandoned.start()
+    try:
+        assert inside.wait(5)
+        stream.close()  # what cancelling does; the abandoned read is still inside the generator
+        assert stream._next_available() is tl._END  # not "ValueError: generator already executing"
+    finally:
+        release.set()
+        abandoned.join(5)
+
+
 def test_a_stream_produced_after_its_call_was_cancelled_is_closed(aio_server: Server) -> None:
     hung_up = threading.Event()
     gate = threading.Event()

@@ -1214,6 +1214,8 @@ class Stream:
         if self._deferred is not None:
             error, self._deferred = self._deferred, None
             raise error
+        if self._reader.stopped:  # closed, perhaps while a cancelled read still runs in another worker
+            return _END
         batch: Any = next(self._batches, _END)
         if batch is _END:
             return _END

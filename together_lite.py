@@ -877,6 +877,8 @@ TogetherErrorResponse = ErrorResponse
 
 
 class FinishReason(str, Enum):
+    """Why generation stopped (the v1 names)."""
+
     Length = "length"
     StopSequence = "stop"
     EOS = "eos"
@@ -886,6 +888,8 @@ class FinishReason(str, Enum):
 
 
 class ObjectType(str, Enum):
+    """The ``object`` field of results and chunks (the v1 names)."""
+
     Completion = "text.completion"
     TextCompletion = "text_completion"  # what the completions endpoint sends today
     CompletionChunk = "completion.chunk"
@@ -898,10 +902,13 @@ class ObjectType(str, Enum):
 
 
 class MessageRole(str, Enum):
+    """Message roles (the v1 names); any other role string is sent too."""
+
     ASSISTANT = "assistant"
     SYSTEM = "system"
     USER = "user"
     TOOL = "tool"
+
 
 # -- Requests -----------------------------------------------------------------
 #
@@ -2834,14 +2841,16 @@ class AsyncTogether:
         result = await self._run(create, **kwargs)
         return AsyncStream(result, self) if isinstance(result, Stream) else result
 
-    async def _next_batch(self, stream: Stream) -> Any:
+    async def _next_batch(self, stream: AsyncStream) -> Any:
+        """The stream's next chunks, read on the pool; a cancelled read closes the stream, cut off."""
         import asyncio
 
-        future = self._pool().submit(stream._next_available)
+        future = self._pool().submit(stream.stream._next_available)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            stream.close()
+            stream._cut_off = True
+            stream.stream.close()
             raise
 
 
@@ -2866,17 +2875,11 @@ class AsyncStream:
         return self
 
     async def __anext__(self) -> Any:
-        import asyncio
-
         chunk = next(self._pending, _END)
         while chunk is _END:
             if self._cut_off:  # ending quietly here would pass a cut-off answer for a whole one
                 raise APIConnectionError("The stream was closed when a read of it was cancelled (by a timeout?).")
-            try:
-                batch = await self._client._next_batch(self.stream)
-            except asyncio.CancelledError:
-                self._cut_off = True
-                raise
+            batch = await self._client._next_batch(self)
             if batch is _END:
                 raise StopAsyncIteration
             self._pending = iter(batch)

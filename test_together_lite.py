@@ -205,7 +205,7 @@ class Server(ThreadingHTTPServer):
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.lower().endswith("_proxy") or name.startswith("TOGETHER_") or name.startswith("SSL_CERT"):
+        if name.lower().endswith(("_proxy", "_ca_bundle")) or name.startswith(("TOGETHER_", "SSL_CERT")):
             monkeypatch.delenv(name)
 
 
@@ -8532,6 +8532,364 @@ def test_the_key_is_not_in_the_output_of_a_process_run_with_together_log_debug(s
     assert "Invalid API key provided" in stdout
     assert hard_CANARY not in stdout and hard_CANARY not in stderr
     assert [r.headers["authorization"] for r in server.requests] == [f"Bearer {hard_CANARY}"] * 4
+
+
+# -- Transport: reuse that is never wrong, uploads, encodings, where errors happened --------------
+
+reuse_Answer = Callable[[int, int], Any]
+
+
+def reuse_behaviour(answer: reuse_Answer) -> hard_Behaviour:
+    """Answer the n-th request (from 1) of the c-th connection (from 1) with ``answer(c, n)``:
+    bytes (sent, the connection kept), or (bytes, then) with ``then`` as hard_send takes it."""
+    local = threading.local()  # hard_RawServer serves each connection on a thread of its own
+    numbers = iter(range(1, 1000))
+    lock = threading.Lock()
+
+    def act(server: hard_RawServer, conn: socket.socket) -> bool:
+        if not hasattr(local, "connection"):
+            with lock:
+                local.connection = next(numbers)
+            local.requests = 0
+        local.requests += 1
+        reply = answer(local.connection, local.requests)
+        data, then = (reply, "keep") if isinstance(reply, bytes) else reply
+        return hard_send(data, then)(server, conn)
+
+    return act
+
+
+def reuse_answer(content: str) -> bytes:
+    return hard_http(hard_chat_json(content))
+
+
+def reuse_stream(content: str) -> bytes:
+    head = hard_http(length=-1, content_type="text/event-stream", extra="Transfer-Encoding: chunked\r\n")
+    return head + hard_chunked(hard_sse_bytes(content)) + b"0\r\n\r\n"
+
+
+def reuse_call(client: tl.Together, stream: bool = False) -> str:
+    if stream:
+        return "".join(hard_texts(chat(client, stream=True)))
+    return str(chat(client).choices[0].message.content)
+
+
+def reuse_where(server: hard_RawServer) -> str:
+    return f"127.0.0.1:{server.sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("first", ["answer", "stream"])
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_reused_connection_the_server_closed_unanswered_is_replaced_at_once_without_a_retry(
+    hard_raw: Any, first: str, how: str
+) -> None:
+    # As llama.cpp's server does after a stream: its close races with the next request on the connection.
+    def answer(connection: int, request: int) -> Any:
+        if (connection, request) == (1, 2):
+            return b"", how
+        return reuse_stream("first") if first == "stream" and connection == 1 else reuse_answer(f"c{connection}")
+
+    server = hard_raw(reuse_behaviour(answer))
+    client = hard_client(server.url, max_retries=0)
+    delays: List[float] = []
+    client._sleep = delays.append
+    assert reuse_call(client, stream=first == "stream") in ("first", "c1")
+    assert reuse_call(client) == "c2"
+    assert (server.connections, len(server.requests), delays) == (2, 3, [])
+
+
+def test_an_unanswered_request_goes_again_only_once_and_a_new_connection_failing_is_a_real_error(
+    hard_raw: Any,
+) -> None:
+    server = hard_raw(reuse_behaviour(lambda c, n: reuse_answer("ok") if (c, n) == (1, 1) else (b"", "close")))
+    client = hard_client(server.url, max_retries=0)
+    reuse_call(client)
+    with pytest.raises(tl.APIConnectionError, match="without sending a response") as info:
+        reuse_call(client)
+    assert (server.connections, len(server.requests)) == (2, 3)
+    assert reuse_where(server) in str(info.value)
+
+
+def test_the_resend_on_a_new_connection_is_not_counted_against_max_retries(hard_raw: Any) -> None:
+    server = hard_raw(reuse_behaviour(lambda c, n: reuse_answer("ok") if (c, n) == (1, 1) else (b"", "close")))
+    client = hard_client(server.url, max_retries=2)
+    delays: List[float] = []
+    client._sleep = delays.append
+    reuse_call(client)
+    with pytest.raises(tl.APIConnectionError):
+        reuse_call(client)
+    assert (len(delays), len(server.requests)) == (2, 1 + 1 + 3)  # the unanswered reuse, then three attempts
+
+
+@pytest.mark.parametrize("trouble", ["part of a head", "stall"])
+def test_a_reused_connection_that_began_an_answer_or_timed_out_is_not_resent(hard_raw: Any, trouble: str) -> None:
+    second = (b"HTTP/1.1 200 OK\r\nContent-Le", "close") if trouble == "part of a head" else (b"", "stall")
+    server = hard_raw(reuse_behaviour(lambda c, n: reuse_answer("ok") if n == 1 else second))
+    client = hard_client(server.url, max_retries=0, timeout=0.3)
+    reuse_call(client)
+    with pytest.raises(tl.APIConnectionError) as info:
+        reuse_call(client)
+    assert isinstance(info.value, tl.APITimeoutError) is (trouble == "stall")
+    assert (server.connections, len(server.requests)) == (1, 2)
+
+
+def test_bytes_after_a_complete_response_are_never_read_as_the_next_answer(hard_raw: Any) -> None:
+    # A gateway that writes a second response after the first: it answers nothing anyone asked.
+    server = hard_raw(
+        reuse_behaviour(lambda c, n: reuse_answer("first") + reuse_answer("stray") if c == 1 else reuse_answer("fresh"))
+    )
+    client = hard_client(server.url)
+    assert [reuse_call(client), reuse_call(client)] == ["first", "fresh"]
+    assert server.connections == 2
+
+
+def test_a_content_length_counting_characters_never_shifts_the_next_answer(hard_raw: Any) -> None:
+    body = hard_chat_json("café").replace(b"\\u00e9", "é".encode())
+    short = hard_http(body, length=len(body.decode()))  # one byte short: "é" is two bytes
+    server = hard_raw(reuse_behaviour(lambda c, n: short if c == 1 else reuse_answer("fresh")))
+    client = hard_client(server.url)
+    with pytest.raises(tl.JSONError):
+        reuse_call(client)
+    assert reuse_call(client) == "fresh"
+    assert server.connections == 2
+
+
+class upload_Server:
+    """Takes one request, reading the first ``slow_bytes`` of it ``piece`` bytes every ``every`` seconds
+    (or nothing at all, if ``every`` is None), then the rest as fast as it comes, and answers."""
+
+    slow_bytes = 8 << 20
+
+    def __init__(self, piece: int, every: Optional[float]) -> None:
+        self.piece, self.every = piece, every
+        self.received = 0
+        self.stop = threading.Event()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # small, so the client waits on us
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            if self.every is None:
+                self.stop.wait(5)
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(self.piece)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            self.received = len(body)
+            while self.received < length and not self.stop.is_set():
+                if self.received < self.slow_bytes:
+                    self.stop.wait(self.every)
+                self.received += len(conn.recv(self.piece))
+            conn.sendall(reuse_answer(f"got {self.received}"))
+            self.stop.wait(1)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def upload_server() -> Iterator[Callable[[int, Optional[float]], upload_Server]]:
+    servers: List[upload_Server] = []
+
+    def start(piece: int, every: Optional[float]) -> upload_Server:
+        servers.append(upload_Server(piece, every))
+        return servers[-1]
+
+    yield start
+    for started in servers:
+        started.close()
+
+
+def upload_video_message(size: int) -> List[Dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + "A" * size}}]}]
+
+
+def test_a_slow_but_steady_upload_is_not_cut_off_by_the_timeout(upload_server: Any) -> None:
+    # 8 MB of it at about 20 MB/s: the whole upload takes longer than the timeout, each wait far less.
+    server = upload_server(1 << 19, 0.025)
+    client = hard_client(server.url, timeout=0.25)
+    result = chat(client, messages=upload_video_message(12 << 20))
+    assert result.choices[0].message.content == f"got {server.received}"
+    assert server.received > 12 << 20
+
+
+def test_an_upload_the_server_stops_reading_times_out_naming_the_host(upload_server: Any) -> None:
+    server = upload_server(1 << 16, None)
+    client = hard_client(server.url, timeout=0.3)
+    with pytest.raises(tl.APITimeoutError, match=re.escape(f"sending the request to 127.0.0.1:{server.sock.getsockname()[1]}")):
+        chat(client, messages=upload_video_message(32 << 20))
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "host", "port", "bypassed"),
+    [
+        ("10.0.0.0/8,127.0.0.0/8", "127.0.0.1", 80, True),
+        ("10.0.0.0/8, 127.0.0.0/8", "10.1.2.3", 443, True),
+        ("10.0.0.0/8", "11.0.0.1", 443, False),
+        ("192.168.1.5", "192.168.1.5", 443, True),
+        ("192.168.1.5:8080", "192.168.1.5", 443, False),
+        ("192.168.1.5:8080", "192.168.1.5", 8080, True),
+        ("fd00::/8", "fd12::1", 443, True),
+        ("[::1]", "::1", 443, True),
+        ("[::1]:8080", "::1", 443, False),
+        ("example.com", "api.example.com", 443, True),
+        (".example.com", "example.com", 443, True),
+        ("*.example.com", "api.example.com", 443, True),
+        ("example.com", "notexample.com", 443, False),
+        ("example.com:443", "api.example.com", 443, True),
+        ("*", "anything.at.all", 443, True),
+        ("localhost", "127.0.0.1", 80, False),  # names are not resolved
+        ("", "example.com", 443, False),
+        ("10.0.0.0/33", "10.0.0.1", 443, False),
+    ],
+)
+def test_no_proxy_entries_are_domains_addresses_and_networks(no_proxy: str, host: str, port: int, bypassed: bool) -> None:
+    assert tl._no_proxy_matches(no_proxy, host, port) is bypassed
+
+
+@pytest.mark.parametrize("name", ["NO_PROXY", "no_proxy"])
+def test_a_network_in_no_proxy_sends_requests_to_its_addresses_directly(
+    server: Server, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{hard_free_port()}")  # nothing listens there
+    monkeypatch.setenv(name, "10.0.0.0/8,127.0.0.0/8")
+    assert chat(make_client(server, max_retries=0)).choices[0].message.content == "Hello there."
+
+
+def test_an_address_outside_the_no_proxy_networks_still_goes_to_the_proxy(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = hard_free_port()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NO_PROXY", "10.0.0.0/8")
+    with pytest.raises(tl.APIConnectionError, match=re.escape(f"through the proxy 127.0.0.1:{port}")):
+        chat(make_client(server, max_retries=0))
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_the_ca_bundle_requests_and_curl_read_is_trusted(
+    tp_tls_server: Any, monkeypatch: pytest.MonkeyPatch, tp_cert: Tuple[str, str], variable: str
+) -> None:
+    client = tl.Together(api_key="k", base_url=tp_tls_server.url, max_retries=0, timeout=5)
+    with pytest.raises(tl.APIConnectionError, match="certificate verification failed"):
+        tp_call(client, "untrusted")
+    monkeypatch.setenv(variable, tp_cert[0])
+    assert tp_call(client, "trusted") == "trusted"
+
+
+def test_ssl_cert_file_comes_before_requests_ca_bundle(
+    tp_tls_server: Any, monkeypatch: pytest.MonkeyPatch, tp_cert: Tuple[str, str], tmp_path: pathlib.Path
+) -> None:
+    other, _ = tp_make_cert(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", other)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", tp_cert[0])
+    client = tl.Together(api_key="k", base_url=tp_tls_server.url, max_retries=0, timeout=5)
+    with pytest.raises(tl.APIConnectionError, match="certificate verification failed"):
+        tp_call(client, "untrusted")
+
+
+def test_a_ca_bundle_that_cannot_be_read_is_named_and_not_retried(
+    tp_tls_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    missing = str(tmp_path / "missing.pem")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", missing)
+    client = tl.Together(api_key="k", base_url=tp_tls_server.url, max_retries=3, timeout=5)
+    delays: List[float] = []
+    client._sleep = delays.append
+    with pytest.raises(tl.APIConnectionError, match=re.escape(f"REQUESTS_CA_BUNDLE={missing!r}")):
+        tp_call(client, "x")
+    assert delays == []
+
+
+def test_connection_errors_name_the_host_and_port(hard_raw: Any) -> None:
+    refused = hard_free_port()
+    with pytest.raises(tl.APIConnectionError, match=re.escape(f"connecting to 127.0.0.1:{refused}")):
+        chat(hard_client(f"http://127.0.0.1:{refused}/v1"))
+    stalled = hard_raw(hard_send(b"", "stall"))
+    with pytest.raises(tl.APITimeoutError, match=re.escape(f"waiting for the response from {reuse_where(stalled)}")):
+        chat(hard_client(stalled.url, timeout=0.2))
+    hung_up = hard_raw(hard_send(b"", "close"))
+    with pytest.raises(tl.APIConnectionError, match=re.escape(reuse_where(hung_up))):
+        chat(hard_client(hung_up.url))
+    cut = hard_raw(hard_send(reuse_stream("x")[:-40]))
+    with pytest.raises(tl.APIConnectionError, match=re.escape(f"reading the stream from {reuse_where(cut)}")):
+        reuse_call(hard_client(cut.url), stream=True)
+    short = hard_raw(hard_send(hard_http(b'{"id":', length=100)))
+    with pytest.raises(tl.APIConnectionError, match=re.escape(f"reading the response from {reuse_where(short)}")):
+        chat(hard_client(short.url))
+
+
+def test_a_proxy_error_names_the_proxy_and_the_origin(hard_raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = hard_raw(hard_send(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"))
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{reuse_where(proxy)}")
+    with pytest.raises(tl.APIConnectionError) as info:
+        chat(hard_client("https://api.example.test:8443/v1"))
+    assert f"api.example.test:8443 through the proxy {reuse_where(proxy)}" in str(info.value)
+    assert "407" in str(info.value)
+
+
+def test_a_certificate_error_names_the_host_and_port(tp_tls_server: Any) -> None:
+    with pytest.raises(tl.APIConnectionError, match=re.escape(f"for 127.0.0.1:{tp_tls_server.tp_port}")):
+        tp_call(tl.Together(api_key="k", base_url=tp_tls_server.url, max_retries=0, timeout=5), "x")
+
+
+def encoding_gzip(data: bytes, members: int = 1) -> bytes:
+    cut = len(data) // members + 1
+    return b"".join(gzip.compress(data[i : i + cut]) for i in range(0, len(data), cut))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_transfer_encoding_gzip_chunked_is_decoded(hard_raw: Any, stream: bool) -> None:
+    body = hard_sse_bytes("zip", "ped") if stream else hard_chat_json("zipped")
+    kind = "text/event-stream" if stream else "application/json"
+    head = hard_http(length=-1, content_type=kind, extra="Transfer-Encoding: gzip, chunked\r\n")
+    packed = encoding_gzip(body)
+    server = hard_raw(hard_send(head + hard_chunked(packed[:7]) + hard_chunked(packed[7:]) + b"0\r\n\r\n", "keep"))
+    assert reuse_call(hard_client(server.url), stream=stream) == "zipped"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("header", ["Content-Encoding", "Transfer-Encoding"])
+def test_a_gzip_body_of_several_members_is_decoded_whole(hard_raw: Any, stream: bool, header: str) -> None:
+    body = hard_sse_bytes("one ", "two ", "three") if stream else hard_chat_json("one two three")
+    kind = "text/event-stream" if stream else "application/json"
+    packed = encoding_gzip(body, members=3)
+    if header == "Content-Encoding":
+        response = hard_http(packed, content_type=kind, extra="Content-Encoding: gzip\r\n")
+    else:
+        head = hard_http(length=-1, content_type=kind, extra="Transfer-Encoding: gzip, chunked\r\n")
+        response = head + hard_chunked(packed) + b"0\r\n\r\n"
+    assert reuse_call(hard_client(hard_raw(hard_send(response, "keep")).url), stream=stream) == "one two three"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_gzip_body_cut_off_says_so_instead_of_ending_short(hard_raw: Any, stream: bool) -> None:
+    body = hard_sse_bytes("never ", "ends") if stream else hard_chat_json("cut")
+    packed = gzip.compress(body)[:-12]  # the compressed data ends, its gzip member does not
+    kind = "text/event-stream" if stream else "application/json"
+    server = hard_raw(hard_send(hard_http(packed, content_type=kind, extra="Content-Encoding: gzip\r\n"), "keep"))
+    with pytest.raises(tl.APIConnectionError, match="gzip"):
+        reuse_call(hard_client(server.url), stream=stream)
+
+
+def test_an_unsupported_transfer_coding_is_named(hard_raw: Any) -> None:
+    head = hard_http(length=-1, extra="Transfer-Encoding: br, chunked\r\n")
+    server = hard_raw(hard_send(head + hard_chunked(b"\x1b\x00junk") + b"0\r\n\r\n", "keep"))
+    with pytest.raises(tl.APIConnectionError, match=re.escape("Transfer-Encoding 'br, chunked'")):
+        reuse_call(hard_client(server.url))
 
 
 # -- Review findings: each of these failed before its fix ---------------------

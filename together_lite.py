@@ -18,6 +18,7 @@ Streaming (``stream=True``), ``AsyncTogether``, tools, JSON mode, logprobs,
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -113,8 +114,10 @@ _RETRYABLE_STATUSES = frozenset({408, 409, 429})  # plus every status >= 500
 _REDIRECT_STATUSES = frozenset({307, 308})  # the only ones that keep POST and its body
 _MAX_REDIRECTS = 5
 _READ_SIZE = 65536  # bytes asked of the socket per stream read
+_SEND_SIZE = 65536  # bytes of a large request body handed to the socket per call
 _MAX_LINE = 65536  # bytes in a status or header line
 _MAX_HEADERS = 100
+_SUPPORTED_CODINGS = frozenset({"gzip", "x-gzip", "deflate"})  # besides chunked and identity
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})  # set by the transport
 _MAX_ERROR_BODY = 1 << 20  # bytes of an error response kept for its message
 _SINGLE_READ = 1 << 24  # bodies up to this size are read in one call; larger ones piece by piece
@@ -420,19 +423,31 @@ def _stream_error(data: Any, headers: Mapping[str, str], status: int) -> APIErro
     return APIError(message, status_code=status, **_error_context(headers, data))
 
 
-def _connection_error(exc: BaseException, doing: str) -> APIConnectionError:
-    """Translate a socket, TLS or HTTP-parsing failure into a together_lite error."""
+class _ProtocolError(Exception):
+    """A response that breaks HTTP/1.1's rules, found by the transport; reported as an APIConnectionError."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+def _connection_error(exc: BaseException, doing: str, where: object) -> APIConnectionError:
+    """Translate a socket, TLS or HTTP-parsing failure into a together_lite error naming ``where`` (host:port)."""
     import socket
 
     if isinstance(exc, APIConnectionError):
         return exc
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return APITimeoutError(f"Request timed out while {doing}.")
+        return APITimeoutError(f"Request timed out while {doing} {where}.")
     ssl_module = sys.modules.get("ssl")
     if ssl_module is not None and isinstance(exc, ssl_module.SSLCertVerificationError):
-        return APIConnectionError(f"TLS certificate verification failed: {exc.verify_message}.", retryable=False)
-    detail = str(exc) or type(exc).__name__
-    return APIConnectionError(f"Connection error while {doing}: {detail}")
+        message = f"TLS certificate verification failed for {where}: {exc.verify_message}."
+        return APIConnectionError(message, retryable=False)
+    if isinstance(exc, _ProtocolError):
+        return APIConnectionError(f"Connection error while {doing} {where}: {exc.message}", retryable=exc.retryable)
+    detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return APIConnectionError(f"Connection error while {doing} {where}: {detail}.")
 
 
 # -- Result types -------------------------------------------------------------
@@ -1435,20 +1450,41 @@ class StreamAccumulator:
 # urllib is kept for what it does well: finding the proxy the environment asks
 # for. Everything else is the small HTTP/1.1 client below.
 
-_ssl_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+_CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+_ssl_contexts: dict[tuple[str | None, ...], ssl.SSLContext] = {}
 _ssl_lock = threading.Lock()
 
 
 def _default_ssl_context() -> ssl.SSLContext:
-    """The system's trust store (or SSL_CERT_FILE / SSL_CERT_DIR), verification on."""
-    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    """Verification on, against the system's trust store or the CA bundle the environment names.
+
+    SSL_CERT_FILE and SSL_CERT_DIR replace the system's store, as OpenSSL reads
+    them; when neither is set, REQUESTS_CA_BUNDLE or else CURL_CA_BUNDLE does,
+    as requests (and so together 1.x) and curl read them.
+    """
+    key = tuple(os.environ.get(name) or None for name in _CA_VARIABLES)
     with _ssl_lock:
         context = _ssl_contexts.get(key)
         if context is None:
-            import ssl
-
-            context = _ssl_contexts[key] = ssl.create_default_context()
+            context = _ssl_contexts[key] = _new_ssl_context(key)
         return context
+
+
+def _new_ssl_context(variables: tuple[str | None, ...]) -> ssl.SSLContext:
+    import ssl
+
+    cert_file, cert_dir, requests_bundle, curl_bundle = variables
+    bundle = None if cert_file or cert_dir else requests_bundle or curl_bundle
+    if bundle is None:
+        return ssl.create_default_context()
+    name = "REQUESTS_CA_BUNDLE" if bundle == requests_bundle else "CURL_CA_BUNDLE"
+    try:
+        if os.path.isdir(bundle):
+            return ssl.create_default_context(capath=bundle)
+        return ssl.create_default_context(cafile=bundle)
+    except (OSError, ValueError) as exc:
+        detail = getattr(exc, "strerror", None) or str(exc)
+        raise APIConnectionError(f"The CA bundle {name}={bundle!r} cannot be loaded: {detail}.", retryable=False) from None
 
 
 def _parse_url(url: str, what: str) -> tuple[str, str, int, str]:
@@ -1520,16 +1556,59 @@ def _proxy_variables_set() -> bool:
 
 
 def _environment_proxy(scheme: str, host: str, port: int) -> _Proxy | None:
-    """The proxy that HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY choose, read the way urllib reads them."""
+    """The proxy that HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY choose, read the way urllib reads them.
+
+    NO_PROXY also takes networks (``10.0.0.0/8``), as requests and curl do; urllib does not.
+    """
     if sys.platform not in ("darwin", "win32") and not _proxy_variables_set():
         return None  # nothing to find, and importing urllib.request would cost a cold start ~15 ms
     import urllib.request
 
     proxies = urllib.request.getproxies()
     url = proxies.get(scheme) or proxies.get("all")
-    if not url or urllib.request.proxy_bypass(f"{host}:{port}"):
+    if not url or _no_proxy_matches(proxies.get("no", ""), host, port):
+        return None
+    if urllib.request.proxy_bypass(f"{host}:{port}"):  # also the system's settings on macOS and Windows
         return None
     return _Proxy(url, from_environment=True)
+
+
+def _no_proxy_matches(no_proxy: str, host: str, port: int) -> bool:
+    """Whether a NO_PROXY list exempts host:port: ``*``, a domain and its subdomains, an address or a network."""
+    import ipaddress
+
+    try:
+        address: Any = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    host = host.lower().rstrip(".")
+    for entry in no_proxy.replace(" ", ",").split(","):
+        entry = entry.strip().lower()
+        if entry == "*":
+            return True
+        if entry and _no_proxy_entry_matches(entry, host, port, address):
+            return True
+    return False
+
+
+def _no_proxy_entry_matches(entry: str, host: str, port: int, address: Any) -> bool:
+    entry_port = ""
+    if entry.startswith("["):  # [::1] or [::1]:8080
+        entry, _, rest = entry[1:].partition("]")
+        entry_port = rest[1:]
+    elif entry.count(":") == 1:  # name:port or address:port (a bare IPv6 address has more colons)
+        entry, entry_port = entry.split(":")
+    if entry_port and entry_port != str(port):
+        return False
+    if address is not None:
+        import ipaddress
+
+        try:
+            return address in ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            return False
+    name = entry.lstrip("*.").rstrip(".")  # ".example.com" and "*.example.com" mean the domain and below
+    return bool(name) and (host == name or host.endswith("." + name))
 
 
 class _Cancel:
@@ -1597,11 +1676,6 @@ def _cancelled_error() -> APIConnectionError:
     return APIConnectionError("The request was cancelled.", retryable=False)
 
 
-def _send_error(exc: BaseException, cancel: _Cancel | None, doing: str) -> APIConnectionError:
-    """The error for a failed exchange: a cancel shows as such, not as the broken read it caused."""
-    return _cancelled_error() if cancel is not None and cancel.cancelled else _connection_error(exc, doing)
-
-
 # -- Transport: HTTP/1.1 messages ---------------------------------------------
 #
 # A small HTTP/1.1 client on plain sockets: each request goes out in one write
@@ -1610,18 +1684,54 @@ def _send_error(exc: BaseException, cancel: _Cancel | None, doing: str) -> APICo
 # writes; on the per-call path that is most of the cost.
 
 
+class _SocketReader(io.RawIOBase):
+    """The raw side of a connection's buffered reader: socket reads, counted."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._recv_into = sock.recv_into
+        self.received = 0  # bytes taken from the socket so far
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count: int = self._recv_into(buffer)
+        self.received += count
+        return count
+
+    def tell(self) -> int:
+        return self.received  # so that the buffered reader's tell() says how much of it was consumed
+
+
 class _Connection:
     """One HTTP/1.1 connection: a socket and a buffered reader over it."""
 
-    __slots__ = ("reader", "sock")
+    __slots__ = ("raw", "reader", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader = sock.makefile("rb")  # read1() goes straight to the socket whenever its buffer is empty
+        self.raw = _SocketReader(sock)
+        self.reader = io.BufferedReader(self.raw)  # read1() goes straight to the socket when its buffer is empty
 
     def close(self) -> None:
         self.reader.close()
         self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        """Send all of ``data``. The timeout bounds each wait for progress, not the whole upload.
+
+        (``sendall`` would apply it to the whole upload, and a TLS socket applies it
+        to each call, so a large body goes in pieces.)
+        """
+        sock = self.sock
+        size = len(data)
+        sent = sock.send(data if size <= _SEND_SIZE else memoryview(data)[:_SEND_SIZE])
+        while sent < size:
+            sent += sock.send(memoryview(data)[sent : sent + _SEND_SIZE])
+
+    def unread(self) -> int:
+        """How many received bytes no one has read yet."""
+        return self.raw.received - self.reader.tell()
 
     def peek_now(self) -> bytes:
         """The bytes a read would get without waiting (from the buffer, or else one non-blocking read)."""
@@ -1639,7 +1749,7 @@ class _Connection:
                 sock.settimeout(timeout)
 
     def is_dropped(self) -> bool:
-        """Whether an idle connection was closed by the server: it reads as ready before we ask anything."""
+        """Whether an idle connection is unusable: the server closed it, or sent bytes no one asked for."""
         import select
 
         try:
@@ -1688,7 +1798,7 @@ def _open_tunnel(sock: socket.socket, host: str, port: int, proxy_headers: Mappi
     finally:
         reader.close()
     if status != 200:
-        raise APIConnectionError(f"Tunnel connection failed: {status} {reason}".rstrip(), retryable=status != 407)
+        raise _ProtocolError(f"the proxy refused the tunnel: {status} {reason}".rstrip(), retryable=status != 407)
 
 
 def _read_head(reader: Any) -> tuple[str, int, str, dict[str, str]]:
@@ -1696,7 +1806,7 @@ def _read_head(reader: Any) -> tuple[str, int, str, dict[str, str]]:
     while True:
         line = reader.readline(_MAX_LINE + 1)
         if not line:
-            raise APIConnectionError("The server closed the connection without sending a response.")
+            raise _ProtocolError("the server closed the connection without sending a response.")
         version, status, reason = _parse_status_line(line)
         headers = _read_headers(reader)
         if status >= 200:
@@ -1705,12 +1815,12 @@ def _read_head(reader: Any) -> tuple[str, int, str, dict[str, str]]:
 
 def _parse_status_line(line: bytes) -> tuple[str, int, str]:
     if len(line) > _MAX_LINE:
-        raise APIConnectionError(f"The server sent a status line longer than {_MAX_LINE} bytes.")
+        raise _ProtocolError(f"the server sent a status line longer than {_MAX_LINE} bytes.")
     text = line.decode("latin-1").rstrip("\r\n")
     version, _, rest = text.partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/") or len(code) != 3 or not (code.isascii() and code.isdigit()) or code < "100":
-        raise APIConnectionError(f"The server sent something that is not an HTTP response: {text[:80]!r}")
+        raise _ProtocolError(f"the server sent something that is not an HTTP response: {text[:80]!r}")
     return version, int(code), reason.strip()
 
 
@@ -1721,11 +1831,11 @@ def _read_headers(reader: Any) -> dict[str, str]:
     for _ in range(_MAX_HEADERS + 1):
         line = reader.readline(_MAX_LINE + 1)
         if len(line) > _MAX_LINE:
-            raise APIConnectionError(f"The server sent a header line longer than {_MAX_LINE} bytes.")
+            raise _ProtocolError(f"the server sent a header line longer than {_MAX_LINE} bytes.")
         if line in (b"\r\n", b"\n"):
             return headers
         if not line:
-            raise APIConnectionError("The connection closed in the middle of the response headers.")
+            raise _ProtocolError("the connection closed in the middle of the response headers.")
         text = line.decode("latin-1").rstrip("\r\n")
         if text[:1] in (" ", "\t"):  # obsolete line folding continues the previous header
             if name:
@@ -1738,7 +1848,7 @@ def _read_headers(reader: Any) -> dict[str, str]:
             continue
         value = value.strip()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    raise APIConnectionError(f"The server sent more than {_MAX_HEADERS} headers.")
+    raise _ProtocolError(f"the server sent more than {_MAX_HEADERS} headers.")
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:
@@ -1747,7 +1857,7 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
         return None
     values = {item.strip() for item in value.split(",")}
     if len(values) != 1 or not all(item.isascii() and item.isdigit() for item in values):
-        raise APIConnectionError(f"The server sent an invalid Content-Length: {value!r}")
+        raise _ProtocolError(f"the server sent an invalid Content-Length: {value!r}")
     return int(values.pop())
 
 
@@ -1758,45 +1868,91 @@ def _keeps_alive(version: str, headers: Mapping[str, str]) -> bool:
     return version != "HTTP/1.0" or "keep-alive" in tokens
 
 
-def _decompressor(encoding: str) -> Any:
-    """A zlib decompressor for an uninvited Content-Encoding; None for identity."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return None
+def _codings(value: str) -> list[str]:
+    return [coding for coding in (item.strip().lower() for item in value.split(",")) if coding]
+
+
+class _Decoder:
+    """Undoes the compression a body arrived in: transfer codings (``gzip, chunked``), then content codings.
+
+    ``codings`` are in the order the server applied them. gzip may come as
+    several members one after another, as RFC 1952 allows.
+    """
+
+    def __init__(self, codings: list[str]) -> None:
+        self._codings = codings[::-1]  # undone in the reverse order
+        self._stages: list[Any] = [None] * len(codings)
+
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        """The decoded bytes ``data`` gives (at most about ``max_length`` of them, if not 0)."""
+        for position in range(len(self._stages)):
+            data = self._decompress_stage(position, data, max_length)
+        return data
+
+    def flush(self) -> bytes:
+        """The last decoded bytes, at the end of the body; raises if the compressed data was cut off."""
+        data = b""
+        for position, coding in enumerate(self._codings):
+            data = self._decompress_stage(position, data, 0)
+            stage = self._stages[position]
+            if stage is not None:
+                data += stage.flush()
+                if not stage.eof:
+                    raise _ProtocolError(f"the {coding} data of the body ended before it was complete.")
+        return data
+
+    def _decompress_stage(self, position: int, data: bytes, max_length: int) -> bytes:
+        stage = self._stages[position]
+        if stage is None:
+            if not data:
+                return b""
+            stage = self._stages[position] = _decompressobj(self._codings[position])
+        output: bytes = stage.decompress(data, max_length)
+        while stage.eof and stage.unused_data[:2] == b"\x1f\x8b" and not (max_length and len(output) >= max_length):
+            rest = stage.unused_data  # another gzip member; anything else after the end is padding, ignored
+            stage = self._stages[position] = _decompressobj(self._codings[position])
+            output += stage.decompress(rest, max_length and max_length - len(output))
+        return output
+
+
+def _decompressobj(coding: str) -> Any:
     import zlib
 
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompressobj()
-    raise APIConnectionError(
-        f"The server sent a body with Content-Encoding {encoding!r}, which is not supported.", retryable=False
-    )
+    return zlib.decompressobj(zlib.MAX_WBITS if coding == "deflate" else 16 + zlib.MAX_WBITS)
+
+
+def _decoder(headers: Mapping[str, str], transfer_codings: list[str]) -> _Decoder | None:
+    """The decoder a response's body needs, or None when it arrives as it is."""
+    content_codings = [coding for coding in _codings(headers.get("content-encoding", "")) if coding != "identity"]
+    for name, codings in (("transfer-encoding", transfer_codings), ("content-encoding", content_codings)):
+        if not _SUPPORTED_CODINGS.issuperset(codings):
+            header = f"{name.title()} {headers[name]!r}"
+            raise _ProtocolError(f"the server sent a body with {header}, which is not supported.", retryable=False)
+    codings = content_codings + transfer_codings
+    return _Decoder(codings) if codings else None
 
 
 class _Response:
     """A response from the transport: status, headers, and a body to read once.
 
     The body is framed by chunked encoding, by Content-Length, or by the
-    server closing the connection; only a body read to its end lets the
-    connection go back to the pool.
+    server closing the connection; only a body read to its end, with nothing
+    after it, lets the connection go back to the pool.
     """
 
     def __init__(
         self,
         connection: _Connection,
-        version: str,
-        status: int,
-        reason: str,
-        headers: dict[str, str],
+        head: tuple[str, int, str, dict[str, str]],
         pool: _ConnectionPool,
-        origin: tuple[str, str, int],
+        route: _Route,
         cancel: _Cancel | None = None,
     ) -> None:
+        version, status, reason, headers = head
         self.status = status
         self.reason = reason
         self.headers = headers
-        self.origin = origin
+        self.route = route
         self._connection = connection
         self._reader = connection.reader
         self._pool = pool
@@ -1804,16 +1960,28 @@ class _Response:
             cancel = _Cancel()
             cancel.attach(connection)
         self._cancel = cancel
-        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        self._remaining = 0 if status in (204, 304) else None if self._chunked else _content_length(headers)
-        self._keep_alive = _keeps_alive(version, headers) and (self._chunked or self._remaining is not None)
+        transfer = [coding for coding in _codings(headers.get("transfer-encoding", "")) if coding != "identity"]
+        self._chunked = bool(transfer) and transfer[-1] == "chunked"
+        if self._chunked:
+            transfer.pop()
+        if status in (204, 304):
+            self._remaining: int | None = 0
+        elif transfer or self._chunked or "transfer-encoding" in headers:
+            self._remaining = None  # Content-Length does not count when Transfer-Encoding is there
+        else:
+            self._remaining = _content_length(headers)
+        self.keep_alive = _keeps_alive(version, headers) and (self._chunked or self._remaining is not None)
         self._chunk_left = 0  # bytes left in the current chunk
         self._need_crlf = False  # a chunk's data was read, its closing CRLF not yet
         self._received = 0
         self._eof = self._remaining == 0
         self._finished = False
         self._content: bytes | None = None
-        self._decoder = _decompressor(headers.get("content-encoding", ""))
+        self._decoder = _decoder(headers, transfer)
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return self.route.origin
 
     def read(self) -> bytes:
         """The whole body, read once and kept; the connection is then released."""
@@ -1834,7 +2002,7 @@ class _Response:
                     data += self._decoder.flush()
         except Exception as exc:
             self.close()
-            raise _connection_error(exc, "reading the response") from exc
+            raise _connection_error(exc, "reading the response from", self.route) from exc
         self.release()
         return data
 
@@ -1849,7 +2017,7 @@ class _Response:
                     if not data and not self._eof:
                         continue
             except Exception as exc:
-                raise _connection_error(exc, "reading the stream") from exc
+                raise _connection_error(exc, "reading the stream from", self.route) from exc
             if not data:
                 return
             yield data
@@ -1911,7 +2079,7 @@ class _Response:
         if not size or len(line) > _MAX_LINE or size.strip(b"0123456789abcdefABCDEF"):
             if not line:
                 raise self._incomplete(1)
-            raise APIConnectionError(f"The server sent a malformed chunked body (chunk size {line[:40]!r}).")
+            raise _ProtocolError(f"the server sent a malformed chunked body (chunk size {line[:40]!r}).")
         return int(size, 16)
 
     def _expect_crlf(self) -> None:
@@ -1919,16 +2087,16 @@ class _Response:
         if line not in (b"\r\n", b"\n"):
             if not line:
                 raise self._incomplete(2)
-            raise APIConnectionError("The server sent a malformed chunked body (no line end after a chunk).")
+            raise _ProtocolError("the server sent a malformed chunked body (no line end after a chunk).")
 
     def _count(self, data: bytes, expected: int) -> None:
         self._received += len(data)
         if len(data) < min(expected, 1):
             raise self._incomplete(expected - len(data))
 
-    def _incomplete(self, missing: int) -> APIConnectionError:
-        return APIConnectionError(
-            f"Connection closed while reading the response: got {self._received} bytes, expected {missing} more."
+    def _incomplete(self, missing: int) -> _ProtocolError:
+        return _ProtocolError(
+            f"the connection closed in the middle of the body: got {self._received} bytes, expected {missing} more."
         )
 
     def has_event(self) -> bool:
@@ -1946,10 +2114,13 @@ class _Response:
         """Done with the body: reuse the connection if the body was read to its end, else close it."""
         if self._finished:
             return
-        complete = self._eof or (self._keep_alive and self._drain())
+        complete = self._eof or (self.keep_alive and self._drain())
         self._finished = True
-        if self._cancel.detach(self._connection) and complete and self._keep_alive:
-            self._pool.put(self.origin, self._connection)
+        # Bytes after a complete response are no answer to anything (RFC 9112 section 6.3):
+        # a connection that has them is closed, or the next request would read them.
+        reusable = complete and self.keep_alive and not self._connection.unread()
+        if self._cancel.detach(self._connection) and reusable:
+            self._pool.put(self.route.origin, self._connection)
         else:
             self._connection.close()
 
@@ -1980,6 +2151,23 @@ class _Response:
 # -- Transport: the connection pool and the seam ------------------------------
 
 
+class _Route:
+    """Where the requests for an origin go: straight there, or through a proxy."""
+
+    __slots__ = ("origin", "proxy")
+
+    def __init__(self, origin: tuple[str, str, int], proxy: _Proxy | None) -> None:
+        self.origin = origin
+        self.proxy = proxy
+
+    def __str__(self) -> str:
+        _, host, port = self.origin
+        where = _host_port(host, port, 0)
+        if self.proxy is None:
+            return where
+        return f"{where} through the proxy {_host_port(self.proxy.host, self.proxy.port, 0)}"
+
+
 class _ConnectionPool:
     """Kept-alive connections, per origin: thread-safe, bounded, one request per connection at a time."""
 
@@ -1987,30 +2175,35 @@ class _ConnectionPool:
         self._explicit_proxy = _Proxy(proxy, from_environment=False) if proxy else None
         self._ssl_context = ssl_context
         self._idle: dict[tuple[str, str, int], list[tuple[_Connection, float]]] = {}
-        self._proxies: dict[tuple[str, str, int], _Proxy | None] = {}
+        self._routes: dict[tuple[str, str, int], _Route] = {}
         self._lock = threading.Lock()
         self._closed = False
         # A client dropped without close() still closes its idle sockets. A finalizer, unlike
         # __del__, runs before the cycle collector finalizes the sockets (which would warn).
         self._close_idle = weakref.finalize(self, _close_idle_connections, self._idle, self._lock)
 
-    def get(
-        self, origin: tuple[str, str, int], timeout: float, cancel: _Cancel | None = None
-    ) -> tuple[_Connection, bool]:
-        """A connection to the origin and whether it was used before."""
+    def route(self, origin: tuple[str, str, int]) -> _Route:
+        """The way to the origin: the explicit proxy, else the one the environment chooses, else direct."""
+        route = self._routes.get(origin)
+        if route is None:
+            proxy = self._explicit_proxy if self._explicit_proxy is not None else _environment_proxy(*origin)
+            route = self._routes[origin] = _Route(origin, proxy)
+        return route
+
+    def get_idle(self, origin: tuple[str, str, int], timeout: float) -> _Connection | None:
+        """A kept-alive connection to the origin that still looks usable, if there is one."""
         now = time.monotonic()
         while True:
             with self._lock:
                 idle = self._idle.get(origin)
                 if not idle:
-                    break
+                    return None
                 connection, since = idle.pop()
             if now - since > _POOL_IDLE_SECONDS or connection.is_dropped():
                 connection.close()
                 continue
             connection.sock.settimeout(timeout)
-            return connection, True
-        return self._connect(origin, timeout, cancel), False
+            return connection
 
     def put(self, origin: tuple[str, str, int], connection: _Connection) -> None:
         now = time.monotonic()
@@ -2031,19 +2224,12 @@ class _ConnectionPool:
             self._closed = True  # from now on put() closes what it is given
         self._close_idle()
 
-    def proxy_for(self, origin: tuple[str, str, int]) -> _Proxy | None:
-        if self._explicit_proxy is not None:
-            return self._explicit_proxy
-        if origin not in self._proxies:
-            self._proxies[origin] = _environment_proxy(*origin)
-        return self._proxies[origin]
-
-    def _connect(self, origin: tuple[str, str, int], timeout: float, cancel: _Cancel | None) -> _Connection:
+    def connect(self, route: _Route, timeout: float, cancel: _Cancel | None) -> _Connection:
         """A new connection: TCP, through the proxy if any, then TLS for https."""
         import socket
 
-        scheme, host, port = origin
-        proxy = self.proxy_for(origin)
+        scheme, host, port = route.origin
+        proxy = route.proxy
         sock = _open_socket((proxy.host, proxy.port) if proxy else (host, port), timeout, cancel)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -2073,6 +2259,10 @@ def _close_idle_connections(
 
 # A peer that closed its end: an idle connection it dropped, or an early answer and a hang-up.
 _PEER_CLOSED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+class _StaleConnection(Exception):
+    """A reused connection the server had closed: it never saw the request, which can go again."""
 
 
 class _Transport:
@@ -2112,50 +2302,75 @@ class _Transport:
         timeout: float,
         cancel: _Cancel | None,
     ) -> _Response:
-        request = self._request_bytes(origin, path, headers, body)
-        while True:
-            if cancel is not None and cancel.cancelled:  # a connect cannot be interrupted: do not start one
-                raise _cancelled_error()
-            try:
-                connection, reused = self.pool.get(origin, timeout, cancel)
-            except Exception as exc:
-                raise _send_error(exc, cancel, "connecting") from exc
-            if cancel is not None:
-                cancel.attach(connection)
-            try:
-                connection.sock.sendall(request)
-            except Exception as exc:
-                if reused and isinstance(exc, _PEER_CLOSED):
-                    connection.close()
-                    continue  # the server closed it while idle; it never saw this request
-                early = self._early_response(connection, origin, cancel) if isinstance(exc, _PEER_CLOSED) else None
-                if early is not None:
-                    return early
-                connection.close()
-                raise _send_error(exc, cancel, "sending the request") from exc
-            try:
-                version, status, reason, response_headers = _read_head(connection.reader)
-                return _Response(connection, version, status, reason, response_headers, self.pool, origin, cancel)
-            except Exception as exc:
-                connection.close()
-                raise _send_error(exc, cancel, "waiting for the response") from exc
+        """One request and its response head.
 
-    def _early_response(
-        self, connection: _Connection, origin: tuple[str, str, int], cancel: _Cancel | None
-    ) -> _Response | None:
+        A server may close a kept-alive connection just as a request is written
+        to it (llama.cpp's server does so after every stream). When a reused
+        connection fails before the first byte of an answer, the server never
+        started one: the request goes once more, at once, on a new connection,
+        as curl does. That is not a retry; the same failure on a new connection is.
+        """
+        route = self.pool.route(origin)
+        request = self._request_bytes(route, path, headers, body)
+        if cancel is not None and cancel.cancelled:  # a connect cannot be interrupted: do not start one
+            raise _cancelled_error()
+        connection = self.pool.get_idle(origin, timeout)
+        if connection is not None:
+            try:
+                return self._exchange(connection, True, route, request, cancel)
+            except _StaleConnection:
+                pass
+        try:
+            connection = self.pool.connect(route, timeout, cancel)
+        except Exception as exc:
+            raise self._error(exc, cancel, "connecting to", route) from exc
+        return self._exchange(connection, False, route, request, cancel)
+
+    def _exchange(
+        self, connection: _Connection, reused: bool, route: _Route, request: bytes, cancel: _Cancel | None
+    ) -> _Response:
+        """Write the request on ``connection`` and read the head of the response."""
+        if cancel is not None:
+            cancel.attach(connection)
+        received = connection.raw.received
+        try:
+            connection.send(request)
+        except Exception as exc:
+            early = self._early_response(connection, route, cancel) if isinstance(exc, _PEER_CLOSED) else None
+            if early is not None:
+                return early
+            connection.close()
+            if reused and isinstance(exc, _PEER_CLOSED) and not (cancel and cancel.cancelled):
+                raise _StaleConnection from exc
+            raise self._error(exc, cancel, "sending the request to", route) from exc
+        try:
+            return _Response(connection, _read_head(connection.reader), self.pool, route, cancel)
+        except Exception as exc:
+            connection.close()
+            if reused and connection.raw.received == received and _never_answered(exc, cancel):
+                raise _StaleConnection from exc
+            raise self._error(exc, cancel, "waiting for the response from", route) from exc
+
+    def _early_response(self, connection: _Connection, route: _Route, cancel: _Cancel | None) -> _Response | None:
         """The answer a server sent before it stopped reading a request (a 413 for a big upload), if any."""
         try:
-            version, status, reason, headers = _read_head(connection.reader)
-            response = _Response(connection, version, status, reason, headers, self.pool, origin, cancel)
+            response = _Response(connection, _read_head(connection.reader), self.pool, route, cancel)
         except Exception:
             return None  # no usable answer: the caller closes the connection and reports the send error
-        response._keep_alive = False  # the rest of the request is still unread on the other side
+        response.keep_alive = False  # the rest of the request is still unread on the other side
         return response
 
-    def _request_bytes(self, origin: tuple[str, str, int], path: str, headers: Mapping[str, str], body: bytes) -> bytes:
+    @staticmethod
+    def _error(exc: BaseException, cancel: _Cancel | None, doing: str, route: _Route) -> APIConnectionError:
+        """The error for a failed exchange: a cancel shows as such, not as the broken read it caused."""
+        if cancel is not None and cancel.cancelled:
+            return _cancelled_error()
+        return _connection_error(exc, doing, route)
+
+    def _request_bytes(self, route: _Route, path: str, headers: Mapping[str, str], body: bytes) -> bytes:
         """The whole request, sent with one write."""
-        scheme, host, port = origin
-        proxy = self.pool.proxy_for(origin)
+        scheme, host, port = route.origin
+        proxy = route.proxy
         target = path
         if proxy is not None and scheme == "http":  # a plain-HTTP proxy takes the absolute URL
             target = f"http://{_host_port(host, port, 80)}{path}"
@@ -2169,6 +2384,13 @@ class _Transport:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _never_answered(exc: BaseException, cancel: _Cancel | None) -> bool:
+    """Whether a failure to read a response's first byte was the server closing the connection."""
+    if cancel is not None and cancel.cancelled:
+        return False
+    return isinstance(exc, (_ProtocolError, *_PEER_CLOSED))
 
 
 def _host_port(host: str, port: int, default_port: int) -> str:

@@ -1301,7 +1301,8 @@ class _StreamReader:
         if not finished:
             unended = " Its last event was never ended by a blank line." if decoder.pending else ""
             raise APIConnectionError(
-                "The stream ended before it was complete (no [DONE] and no finish_reason)." + unended
+                f"The stream from {response.route} ended before it was complete (no [DONE] and no finish_reason)."
+                + unended
             )
         response.release()
 

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import copy
 import email.utils
+import functools
 import gc
 import gzip
 import http.client
@@ -227,6 +228,11 @@ def client(server: Server) -> Iterator[tl.Together]:
         yield c
 
 
+def record_delays(delays: List[float]) -> Callable[[float, Any], None]:
+    """A client's sleep between attempts that records the delay instead of waiting."""
+    return lambda seconds, cancel: delays.append(seconds)
+
+
 def make_client(server: Server, **options: Any) -> tl.Together:
     options.setdefault("api_key", "test-key")
     options.setdefault("timeout", 5)
@@ -237,6 +243,13 @@ def chat(c: tl.Together, **kwargs: Any) -> Any:
     kwargs.setdefault("model", "m")
     kwargs.setdefault("messages", [{"role": "user", "content": "hi"}])
     return c.chat.completions.create(**kwargs)
+
+
+def cancellable_chat(c: tl.Together, cancel: Any, **kwargs: Any) -> Any:
+    """A chat call that ``cancel`` can abandon from another thread, as AsyncTogether runs one."""
+    call = c.chat.completions._prepare({"model": "m", "messages": [{"role": "user", "content": "hi"}], **kwargs})
+    call.cancel = cancel
+    return c._execute(call)
 
 
 def raw_reply(data: bytes, *, close: bool = True) -> Action:
@@ -337,7 +350,7 @@ def core_retrying_client(server: Server, max_retries: int, **options: Any) -> Tu
     """A client whose retry sleeps are recorded instead of slept."""
     c = make_client(server, max_retries=max_retries, **options)
     delays: List[float] = []
-    c._sleep = delays.append
+    c._sleep = record_delays(delays)
     return c, delays
 
 
@@ -467,11 +480,13 @@ def test_requests_go_to_base_url_plus_endpoint_with_or_without_trailing_slash(
     assert [r.path for r in server.requests] == [expected]
 
 
-def test_base_url_without_a_path_posts_to_root_endpoints(server: Server) -> None:
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_a_base_url_that_is_a_bare_origin_means_its_v1_as_together_3_reads_it(server: Server, suffix: str) -> None:
     root = server.url[: -len("/v1")]
-    with tl.Together(api_key="k", base_url=root) as c:
+    with tl.Together(api_key="k", base_url=root + suffix) as c:
         chat(c)
-    assert server.requests[0].path == "/chat/completions"
+        assert c.base_url == root + "/v1/"
+    assert server.requests[0].path == "/v1/chat/completions"
 
 
 def test_default_timeout_and_max_retries_match_the_v1_sdk() -> None:
@@ -499,7 +514,6 @@ def test_repr_never_shows_the_api_key(server: Server) -> None:
         "api.together.xyz/v1",
         "http://",
         "https:///v1",
-        "https://api.together.xyz/v1?key=1",
         "https://api.together.xyz/v1#part",
         "https://user:pw@api.together.xyz/v1",
         "http://127.0.0.1:99999/v1",
@@ -1124,8 +1138,9 @@ def test_unknown_fields_at_every_level_are_kept(server: Server, client: tl.Toget
     assert call.new_call_field == 7
     assert call.function.strict is True
     assert response.prompt[0].token_ids == [1]
-    assert response.model_extra == {"service_tier": "flex"}
-    assert choice.message.model_extra == {"annotations": [{"type": "cite"}]}
+    assert response.model_extra == {}  # service_tier and annotations are declared, as openai declares them
+    assert choice.message.model_extra == {}
+    assert choice.model_extra == {"matched_stop": "\n"}
     dump = response.model_dump()
     assert dump["service_tier"] == "flex"
     assert dump["usage"]["cached_tokens"] == 2
@@ -1585,9 +1600,11 @@ def test_error_object_with_integer_code_gives_a_clean_message(server: Server, cl
 @pytest.mark.parametrize(
     "error",
     [
-        tl._status_error(404, "Not Found", {"x-request-id": "r1"}, json.dumps(CORE_MODEL_NOT_FOUND).encode()),
-        tl._status_error(502, "Bad Gateway", {}, CORE_HTML_502),
-        tl._status_error(400, "", {}, b'{"error": {"code": 400}}'),
+        tl._status_error(
+            tl.Response(404, {"x-request-id": "r1"}, content=json.dumps(CORE_MODEL_NOT_FOUND).encode())
+        ),
+        tl._status_error(tl.Response(502, content=CORE_HTML_502, reason_phrase="Bad Gateway")),
+        tl._status_error(tl.Response(400, content=b'{"error": {"code": 400}}')),
         tl.APIConnectionError("Connection error."),
         tl.APITimeoutError("Request timed out."),
         tl.AuthenticationError("no key"),
@@ -1741,7 +1758,7 @@ def test_default_client_retries_five_times(server: Server) -> None:
     server.default = Reply(502, core_error_body())
     c = make_client(server)
     delays: List[float] = []
-    c._sleep = delays.append
+    c._sleep = record_delays(delays)
     with pytest.raises(tl.InternalServerError):
         chat(c)
     assert len(server.requests) == 6
@@ -2033,7 +2050,7 @@ def test_per_call_timeout_longer_than_the_clients_applies(server: Server) -> Non
 def test_connection_refused_raises_api_connection_error_after_retries() -> None:
     with tl.Together(api_key="k", base_url=core_refused_url(), max_retries=2, timeout=2) as c:
         delays: List[float] = []
-        c._sleep = delays.append
+        c._sleep = record_delays(delays)
         with pytest.raises(tl.APIConnectionError) as info:
             chat(c)
     assert not isinstance(info.value, OSError)
@@ -2047,7 +2064,7 @@ def test_connection_refused_raises_api_connection_error_after_retries() -> None:
 def test_connection_refused_with_no_retries_raises_at_once() -> None:
     with tl.Together(api_key="k", base_url=core_refused_url(), max_retries=0, timeout=2) as c:
         delays: List[float] = []
-        c._sleep = delays.append
+        c._sleep = record_delays(delays)
         with pytest.raises(tl.APIConnectionError):
             c.completions.create(model="m", prompt="p")
     assert delays == []
@@ -2993,7 +3010,7 @@ def sse_delays() -> "list[float]":
 def sse_client(server: Server, sse_delays: "list[float]") -> Iterator[tl.Together]:
     """A client that would retry three times, with the retry sleep recorded instead of slept."""
     with make_client(server, max_retries=3, timeout=1) as c:
-        c._sleep = sse_delays.append
+        c._sleep = record_delays(sse_delays)
         yield c
 
 
@@ -3219,7 +3236,7 @@ def test_retryable_status_on_a_stream_request_is_retried_then_streams(
 def test_a_500_that_persists_on_a_stream_request_raises_from_create(server: Server, sse_delays: "list[float]") -> None:
     server.reply(*[Reply(500, {"error": {"message": "down"}})] * 3)
     with make_client(server, max_retries=2) as c:
-        c._sleep = sse_delays.append
+        c._sleep = record_delays(sse_delays)
         with pytest.raises(tl.InternalServerError) as info:
             chat(c, stream=True)
     assert info.value.status_code == 500
@@ -3357,7 +3374,7 @@ def test_a_server_pausing_longer_than_the_timeout_mid_stream_raises_timeout(
 ) -> None:
     server.reply(Reply(chunks=sse(chunk("a"), chunk("b", finish="stop")), pause=0.6))
     with make_client(server, max_retries=3, timeout=5 if per_call else 0.2) as c:
-        c._sleep = sse_delays.append
+        c._sleep = record_delays(sse_delays)
         stream = chat(c, stream=True, timeout=0.2) if per_call else chat(c, stream=True)
         got: list[Any] = []
         with pytest.raises(tl.Timeout):
@@ -4828,7 +4845,7 @@ def test_an_unsupported_proxy_scheme_is_a_clear_connection_error_that_is_not_ret
     expected = ValueError if variable is None else tl.APIConnectionError
     with pytest.raises(expected) as info:
         client = tl.Together(api_key="k", base_url=base_url, timeout=1, max_retries=3, **options)
-        client._sleep = delays.append
+        client._sleep = record_delays(delays)
         chat(client)
     message = str(info.value)
     assert proxy.split(":")[0] in message and "http://" in message
@@ -4865,7 +4882,7 @@ def test_an_unreachable_proxy_is_a_connection_error(
 def test_tls_verification_is_on_by_default_and_its_failure_is_not_retried(tp_tls_server: tp_TLSServer) -> None:
     delays: List[float] = []
     with make_client(tp_tls_server, max_retries=3) as client:
-        client._sleep = delays.append
+        client._sleep = record_delays(delays)
         with pytest.raises(tl.APIConnectionError, match="(?i)certificate") as info:
             chat(client)
     assert not isinstance(info.value, tl.APITimeoutError)
@@ -4910,7 +4927,7 @@ def test_a_trusted_certificate_for_another_host_name_fails(tmp_path: Any) -> Non
     with tp_running(tp_tls_server_for(cert)) as server:
         trusting = ssl.create_default_context(cafile=cert[0])
         with make_client(server, max_retries=2, ssl_context=trusting) as client:
-            client._sleep = delays.append
+            client._sleep = record_delays(delays)
             with pytest.raises(tl.APIConnectionError, match="(?i)hostname|host name|IP address mismatch"):
                 chat(client)
         assert server.tp_accepted == 1 and server.requests == []
@@ -4994,7 +5011,7 @@ def test_a_redirect_to_another_origin_is_not_followed(
     tp_server.reply(Reply(status, {"moved": True}, headers={"Location": target}))
     delays: List[float] = []
     with make_client(tp_server, max_retries=2) as client:
-        client._sleep = delays.append
+        client._sleep = record_delays(delays)
         with pytest.raises(tl.APIStatusError) as info:
             chat(client)
     assert info.value.status_code == status
@@ -5104,7 +5121,7 @@ def test_connection_refused_is_a_connection_error_and_is_retried(tp_refused_port
     delays: List[float] = []
     base_url = f"http://127.0.0.1:{tp_refused_port}/v1"
     with tl.Together(api_key="k", base_url=base_url, timeout=1, max_retries=max_retries) as client:
-        client._sleep = delays.append
+        client._sleep = record_delays(delays)
         with pytest.raises(tl.APIConnectionError) as info:
             chat(client)
     assert not isinstance(info.value, tl.APITimeoutError)
@@ -5169,7 +5186,7 @@ def test_a_reset_on_a_fresh_connection_is_retried(tp_server: tp_Server) -> None:
     tp_server.reply(tp_reset)
     delays: List[float] = []
     with make_client(tp_server, max_retries=1) as client:
-        client._sleep = delays.append
+        client._sleep = record_delays(delays)
         assert tp_call(client, "second try") == "second try"
     assert len(delays) == 1
     assert len(tp_server.requests) == 2
@@ -5744,7 +5761,7 @@ def test_contextvars_of_the_calling_task_are_visible_in_the_worker() -> None:
     async def task(tag: str) -> Tuple[str, int, str]:
         aio_tag.set(tag)
         await asyncio.sleep(0.01)  # let the other task set its own value meanwhile
-        seen, worker = await client._run(read, "x", separator="/")
+        seen, worker = await client._run(None, functools.partial(read, "x", separator="/"))
         return seen, worker, aio_tag.get()
 
     async def main() -> List[Tuple[str, int, str]]:
@@ -5768,7 +5785,7 @@ def test_an_exception_inside_the_worker_reaches_the_caller_unchanged() -> None:
 
     async def main() -> None:
         try:
-            await client._run(fail)
+            await client._run(None, fail)
         finally:
             await client.close()
 
@@ -5977,7 +5994,7 @@ def test_leaving_a_stream_early_closes_its_connection(aio_server: Server, how: s
         stream, first, rest = aio_run(main())
         assert first.choices[0].delta.content == "Hel"
         assert rest == []
-        assert stream.stream._closed and stream.stream.response._finished
+        assert stream.stream._closed and stream.stream._http._finished
         assert hung_up.wait(1.5), "the server never saw the connection close"
         assert aio_idle_connections(client) == []
     finally:
@@ -6177,11 +6194,11 @@ def test_retries_match_the_sync_client(
         try:
             if mode == "sync":
                 with make_client(aio_server, max_retries=max_retries) as sync_client:
-                    sync_client._sleep = delays.append
+                    sync_client._sleep = record_delays(delays)
                     result: Any = chat(sync_client).choices[0].message.content
             else:
                 client = aio_make_client(aio_server, max_retries=max_retries)
-                client._sync._sleep = delays.append
+                client._sync._sleep = record_delays(delays)
                 try:
                     result = aio_run(chat(client)).choices[0].message.content
                 finally:
@@ -6199,7 +6216,7 @@ def test_a_per_call_max_retries_0_makes_one_attempt(aio_server: Server) -> None:
     aio_server.reply(Reply(500), Reply(200, CHAT_RESPONSE))
     client = aio_make_client(aio_server, max_retries=3)
     delays: List[float] = []
-    client._sync._sleep = delays.append
+    client._sync._sleep = record_delays(delays)
 
     async def main() -> None:
         async with client:
@@ -6259,7 +6276,7 @@ def test_a_network_failure_raises_api_connection_error(aio_server: Server, failu
 def test_connection_refused_is_retried_then_raises_api_connection_error() -> None:
     client = tl.AsyncTogether(api_key="k", base_url=aio_closed_port_url(), timeout=5, max_retries=2)
     delays: List[float] = []
-    client._sync._sleep = delays.append
+    client._sync._sleep = record_delays(delays)
 
     async def main() -> None:
         async with client:
@@ -6358,7 +6375,7 @@ def test_cancelling_a_task_inside_async_for_closes_the_stream(aio_server: Server
     assert elapsed < 1.5, f"the cancelled stream took {elapsed:.2f} s (the server stalls 2 s)"
     assert got == ["Hel"]
     stream = streams[0].stream
-    assert stream._closed and stream.response._finished
+    assert stream._closed and stream._http._finished
     assert hung_up.wait(1.5), "the server never saw the stream's connection close"
     aio_shutdown_workers(client, 1.5)  # the worker blocked in the read was released
     assert aio_idle_connections(client) == []
@@ -6423,7 +6440,7 @@ def test_a_stream_produced_after_its_call_was_cancelled_is_closed(aio_server: Se
         return stream
 
     async def main() -> None:
-        task = asyncio.ensure_future(client._run(open_then_wait))
+        task = asyncio.ensure_future(client._run(tl._Cancel(), open_then_wait))
         await aio_until(lambda: made)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -6434,7 +6451,7 @@ def test_a_stream_produced_after_its_call_was_cancelled_is_closed(aio_server: Se
     finally:
         gate.set()
     aio_shutdown_workers(client)
-    assert made[0]._closed and made[0].response._finished
+    assert made[0]._closed and made[0]._http._finished
     assert hung_up.wait(1.5)
     aio_run(client.close())
 
@@ -7145,7 +7162,7 @@ def test_logger_at_debug_sees_body_and_retry_but_never_the_key(
     server.reply(cli_error_reply(503, "busy", **{"x-request-id": "req-a"}), Reply(200, CHAT_RESPONSE))
     delays: List[float] = []
     with make_client(server, api_key=CLI_API_KEY, max_retries=2) as client:
-        client._sleep = delays.append
+        client._sleep = record_delays(delays)
         chat(client, messages=[{"role": "user", "content": "secret-free prompt"}])
     records = cli_records(caplog)
     messages = [record.getMessage() for record in records]
@@ -7165,7 +7182,7 @@ def test_logger_above_info_receives_nothing(server: Server, caplog: pytest.LogCa
     caplog.set_level(logging.WARNING, logger="together_lite")
     server.reply(cli_error_reply(500, "busy"), Reply(200, CHAT_RESPONSE))
     with make_client(server, api_key=CLI_API_KEY, max_retries=1) as client:
-        client._sleep = lambda seconds: None
+        client._sleep = lambda seconds, cancel: None
         chat(client)
     assert len(server.requests) == 2
     assert cli_records(caplog) == []
@@ -7614,7 +7631,7 @@ def test_extra_headers_with_cr_lf_or_an_invalid_name_raise_value_error_before_se
 ) -> None:
     c = make_client(server, max_retries=2)
     delays: List[float] = []
-    c._sleep = delays.append
+    c._sleep = record_delays(delays)
     with pytest.raises(ValueError):
         chat(c, extra_headers=headers, stream=stream)
     assert server.requests == [] and delays == []
@@ -7629,7 +7646,7 @@ def test_extra_headers_that_cannot_be_encoded_raise_value_error_before_sending(
 ) -> None:
     c = make_client(server, max_retries=2)
     delays: List[float] = []
-    c._sleep = delays.append
+    c._sleep = record_delays(delays)
     with pytest.raises(ValueError):
         chat(c, extra_headers=headers)
     assert server.requests == [] and delays == []
@@ -7925,7 +7942,7 @@ def test_an_unsupported_content_encoding_is_a_connection_error_not_garbage_and_n
     server.reply(reply)
     c = make_client(server, max_retries=3)
     delays: List[float] = []
-    c._sleep = delays.append
+    c._sleep = record_delays(delays)
     with pytest.raises(tl.APIConnectionError, match=re.escape(repr(encoding))):
         result = chat(c, stream=stream)
         list(result)
@@ -8096,7 +8113,7 @@ def test_a_retry_after_of_an_hour_is_not_retried_and_never_slept(
     server.reply(Reply(status, {"error": {"message": "later"}}, headers=headers))
     c = make_client(server, max_retries=5)
     delays: List[float] = []
-    c._sleep = delays.append
+    c._sleep = record_delays(delays)
     with pytest.raises(tl.APIStatusError) as info:
         chat(c)
     assert info.value.status_code == status
@@ -8113,7 +8130,7 @@ def test_an_unusable_retry_after_falls_back_to_normal_backoff(server: Server, va
         server.reply(Reply(503, {"error": {"message": "busy"}}, headers={"Retry-After": value, "retry-after-ms": value}))
     c = make_client(server, max_retries=2)
     delays: List[float] = []
-    c._sleep = delays.append
+    c._sleep = record_delays(delays)
     with pytest.raises(tl.ServiceUnavailableError) as info:
         chat(c)
     assert info.value.headers["retry-after"].strip() == value.strip()  # the header arrived as sent
@@ -8141,7 +8158,7 @@ def test_a_redirect_to_another_origin_never_reaches_it(server: Server, status: i
         server.reply(Reply(status, headers={"Location": location}))
         c = make_client(server, api_key=hard_CANARY, max_retries=2)
         delays: List[float] = []
-        c._sleep = delays.append
+        c._sleep = record_delays(delays)
         with pytest.raises(tl.APIStatusError, match="not followed") as info:
             chat(c)
         assert info.value.status_code == status
@@ -8413,7 +8430,7 @@ def test_the_key_is_not_in_any_error_raised_by_a_call(server: Server, hard_raw: 
     else:
         server.reply(Reply(307, headers={"Location": f"http://127.0.0.1:{hard_free_port()}/v1/chat/completions"}))
     c = tl.Together(api_key=hard_CANARY, base_url=url, max_retries=1, timeout=0.3)
-    c._sleep = lambda seconds: None
+    c._sleep = lambda seconds, cancel: None
     with pytest.raises(tl.TogetherException) as info:
         list(chat(c, stream=case == "stream-error"))
     hard_assert_no_canary(info.value)
@@ -8472,7 +8489,7 @@ def test_the_key_is_not_in_debug_logs(server: Server, hard_raw: Any) -> None:
     logger.setLevel(logging.DEBUG)
     try:
         c = tl.Together(api_key=hard_CANARY, base_url=server.url, max_retries=2, timeout=1)
-        c._sleep = lambda seconds: None
+        c._sleep = lambda seconds, cancel: None
         server.reply(Reply(503, {"error": {"message": "busy"}}, headers={"x-request-id": "req-1"}))
         chat(c)  # one retry, then success
         server.reply(Reply(chunks=sse(chunk("a"), chunk(finish="stop"))))
@@ -8481,7 +8498,7 @@ def test_the_key_is_not_in_debug_logs(server: Server, hard_raw: Any) -> None:
         with pytest.raises(tl.AuthenticationError):
             chat(c)
         stalled = tl.Together(api_key=hard_CANARY, base_url=hard_stall(hard_raw), max_retries=1, timeout=0.2)
-        stalled._sleep = lambda seconds: None
+        stalled._sleep = lambda seconds, cancel: None
         with pytest.raises(tl.Timeout):
             chat(stalled)
     finally:
@@ -8501,7 +8518,7 @@ import together_lite as tl
 
 url, key = sys.argv[1], sys.argv[2]
 client = tl.Together(api_key=key, base_url=url, max_retries=2, timeout=2)
-client._sleep = lambda seconds: None
+client._sleep = lambda seconds, cancel: None
 print(client, repr(client))
 print(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]))
 for piece in client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True):
@@ -8592,7 +8609,7 @@ def test_a_reused_connection_the_server_closed_unanswered_is_replaced_at_once_wi
     server = hard_raw(reuse_behaviour(answer))
     client = hard_client(server.url, max_retries=0)
     delays: List[float] = []
-    client._sleep = delays.append
+    client._sleep = record_delays(delays)
     assert reuse_call(client, stream=first == "stream") in ("first", "c1")
     assert reuse_call(client) == "c2"
     assert (server.connections, len(server.requests), delays) == (2, 3, [])
@@ -8614,7 +8631,7 @@ def test_the_resend_on_a_new_connection_is_not_counted_against_max_retries(hard_
     server = hard_raw(reuse_behaviour(lambda c, n: reuse_answer("ok") if (c, n) == (1, 1) else (b"", "close")))
     client = hard_client(server.url, max_retries=2)
     delays: List[float] = []
-    client._sleep = delays.append
+    client._sleep = record_delays(delays)
     reuse_call(client)
     with pytest.raises(tl.APIConnectionError):
         reuse_call(client)
@@ -8808,7 +8825,7 @@ def test_a_ca_bundle_that_cannot_be_read_is_named_and_not_retried(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", missing)
     client = tl.Together(api_key="k", base_url=tp_tls_server.url, max_retries=3, timeout=5)
     delays: List[float] = []
-    client._sleep = delays.append
+    client._sleep = record_delays(delays)
     with pytest.raises(tl.APIConnectionError, match=re.escape(f"REQUESTS_CA_BUNDLE={missing!r}")):
         tp_call(client, "x")
     assert delays == []
@@ -8899,11 +8916,7 @@ def test_a_late_cancel_never_shuts_a_connection_another_call_is_using(server: Se
     server.reply(Reply(200, CHAT_RESPONSE), Reply(200, CHAT_RESPONSE, delay=0.3))
     client = make_client(server, max_retries=0)
     cancel = tl._Cancel()
-    tl._CALL_STATE.cancel = cancel  # as an AsyncTogether worker runs a call
-    try:
-        chat(client)
-    finally:
-        tl._CALL_STATE.cancel = None
+    cancellable_chat(client, cancel)  # as an AsyncTogether worker runs a call
     results: list[str] = []
 
     def other_call() -> None:
@@ -9054,13 +9067,10 @@ def _call_with_cancel_after(client: tl.Together, delay: float) -> tuple[list[Any
     outcome: list[Any] = []
 
     def run() -> None:
-        tl._CALL_STATE.cancel = cancel
         try:
-            outcome.append(chat(client))
+            outcome.append(cancellable_chat(client, cancel))
         except BaseException as exc:  # checked by the caller
             outcome.append(exc)
-        finally:
-            tl._CALL_STATE.cancel = None
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -38,7 +38,43 @@ if TYPE_CHECKING:
     import logging
     import socket
     import ssl
-    from typing import Any, Callable, ClassVar, Collection, Generator, Iterator, Mapping, Sequence
+    from typing import (
+        Any,
+        AsyncIterator,
+        Callable,
+        ClassVar,
+        Collection,
+        Generator,
+        Iterator,
+        Literal,
+        Mapping,
+        Sequence,
+        TypeVar,
+        Union,
+        overload,
+    )
+    from typing import Generic as _Generic
+
+    from typing_extensions import TypedDict, Unpack
+
+    _T = TypeVar("_T")
+else:
+
+    def overload(function):  # the typed variants above an implementation are for type checkers only
+        return function
+
+    class _Subscriptable:
+        """A class that takes ``Stream[ChatCompletionChunk]`` at run time, as a generic does."""
+
+        def __class_getitem__(cls, item):
+            return cls
+
+    class _GenericAtRunTime:
+        def __getitem__(self, item):
+            return _Subscriptable
+
+    _Generic = _GenericAtRunTime()  # typing.Generic, without importing typing
+    _T = None
 
 __all__ = [
     # clients
@@ -91,6 +127,20 @@ __all__ = [
     "FinishReason",
     "ObjectType",
     "MessageRole",
+    # raw responses, sentinels and structured output
+    "APIResponse",
+    "AsyncAPIResponse",
+    "Request",
+    "Response",
+    "NotGiven",
+    "NOT_GIVEN",
+    "not_given",
+    "Omit",
+    "omit",
+    "APIResponseValidationError",
+    "LengthFinishReasonError",
+    "ContentFilterFinishReasonError",
+    "RefusalError",
     # helpers
     "image_part",
     "video_part",
@@ -185,30 +235,115 @@ def _lower(name: Any) -> Any:
     return name.lower() if isinstance(name, str) else name
 
 
-class TogetherException(Exception):
-    """Root of every error together_lite raises (also named ``TogetherError``)."""
+class Request:
+    """The request a call sent, as errors and raw responses show it: method, URL and headers, never the key."""
+
+    def __init__(self, method: str, url: str, headers: Mapping[str, str] | None = None) -> None:
+        self.method = method
+        self.url = url
+        self.headers: dict[str, str] = _Headers(headers)
+
+    def __repr__(self) -> str:
+        return f"<Request({self.method!r}, {self.url!r})>"
+
+
+class Response:
+    """An HTTP response as errors, streams and raw responses show it: the parts of ``httpx.Response`` code reads.
+
+    ``content``, ``text`` and ``json()`` hold an error's body; a stream's body is read by iterating the stream.
+    """
 
     def __init__(
         self,
-        message: str = "",
-        *,
-        status_code: int | None = None,
+        status_code: int,
         headers: Mapping[str, str] | None = None,
-        body: Any = None,
+        *,
+        content: bytes | None = None,
+        request: Request | None = None,
+        reason_phrase: str = "",
+        http_version: str = "HTTP/1.1",
+    ) -> None:
+        self.status_code = status_code
+        self.headers: dict[str, str] = _Headers(headers)
+        self.request = request
+        self.reason_phrase = reason_phrase or _status_phrase(status_code)
+        self.http_version = http_version
+        self._content = content
+
+    @property
+    def content(self) -> bytes:
+        """The body; raises for a stream, whose body is read by iterating it."""
+        if self._content is None:
+            raise RuntimeError("the body of a streamed response is read by iterating the stream")
+        return self._content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def url(self) -> str:
+        return self.request.url if self.request is not None else ""
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def is_error(self) -> bool:
+        return self.status_code >= 400
+
+    def __repr__(self) -> str:
+        return f"<Response [{self.status_code} {self.reason_phrase}]>".replace(" ]", "]")
+
+
+class TogetherException(Exception):
+    """Root of every error together_lite raises (also named ``TogetherError``).
+
+    Built the way the v1 SDK built it (``TogetherException(message, headers,
+    request_id, http_status)``) or the way the modern SDKs do
+    (``APIStatusError(message, response=..., body=...)``, ``APIError(message, request, body=...)``);
+    ``code``, ``param``, ``type`` and ``request_id`` are read from the body and headers when not given.
+    """
+
+    def __init__(
+        self,
+        message: Any = "",
+        request: Any = None,
         request_id: str | None = None,
+        http_status: int | None = None,
+        *,
+        body: Any = None,
+        response: Response | None = None,
+        headers: Mapping[str, str] | None = None,
+        status_code: int | None = None,
         code: Any = None,
         param: Any = None,
         error_type: Any = None,
     ) -> None:
+        if isinstance(request, dict) and headers is None:  # the v1 order: (message, headers, ...)
+            request, headers = None, request
+        message = "" if message is None else str(message)
         super().__init__(message)
+        if response is not None:
+            headers = response.headers if headers is None else headers
+            status_code = response.status_code if status_code is None else status_code
+            request = response.request if request is None else request
         self.message = message
-        self.status_code = status_code
+        self.request: Request | None = request
+        self.response = response
+        self.status_code = http_status if status_code is None else status_code
         self.headers: dict[str, str] = _Headers(headers)
         self.body = body
-        self.request_id = request_id
-        self.code = code
-        self.param = param
-        self.type = error_type
+        detail = _error_detail(body)
+        fields_of = detail if isinstance(detail, dict) else {}
+        self.request_id = request_id or _request_id(self.headers)
+        self.code = fields_of.get("code") if code is None else code
+        self.param = fields_of.get("param") if param is None else param
+        self.type = fields_of.get("type") if error_type is None else error_type
 
     @property
     def http_status(self) -> int | None:
@@ -295,13 +430,20 @@ class APIConnectionError(APIError):
     certificate that does not verify, an unsupported proxy, a cancelled call).
     """
 
-    def __init__(self, message: str = "Connection error.", *, retryable: bool = True, **context: Any) -> None:
-        super().__init__(message, **context)
+    def __init__(
+        self, message: Any = "Connection error.", request: Any = None, *, retryable: bool = True, **context: Any
+    ) -> None:
+        super().__init__(message, request, **context)
         self.retryable = retryable
 
 
 class Timeout(APIConnectionError):
     """Connecting, or waiting for the next bytes of the response, took too long."""
+
+    def __init__(self, message: Any = "Request timed out.", request: Any = None, **context: Any) -> None:
+        if not isinstance(message, str) and request is None:  # the modern SDKs' APITimeoutError(request)
+            message, request = "Request timed out.", message
+        super().__init__(message, request, **context)
 
 
 class APITimeoutError(Timeout):
@@ -386,20 +528,6 @@ def _request_id(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-request-id") or headers.get("cf-ray")
 
 
-def _error_context(headers: Mapping[str, str], body: Any) -> dict[str, Any]:
-    """The keyword arguments every API error carries: headers, body, request id, code, param, type."""
-    detail = _error_detail(body)
-    fields_of = detail if isinstance(detail, dict) else {}
-    return {
-        "headers": headers,
-        "body": body,
-        "request_id": _request_id(headers),
-        "code": fields_of.get("code"),
-        "param": fields_of.get("param"),
-        "error_type": fields_of.get("type"),
-    }
-
-
 def _status_phrase(status: int) -> str:
     import http
 
@@ -409,18 +537,19 @@ def _status_phrase(status: int) -> str:
         return ""
 
 
-def _status_error(status: int, reason: str, headers: Mapping[str, str], raw: bytes) -> APIStatusError:
-    """Build the typed error for an HTTP error response."""
-    body = _parse_body(raw)
-    text = _error_text(body) or reason or _status_phrase(status)
+def _status_error(response: Response) -> APIStatusError:
+    """Build the typed error for an HTTP error response whose body was read."""
+    body = _parse_body(response.content)
+    text = _error_text(body) or response.reason_phrase
+    status = response.status_code
     message = f"Error code: {status} - {text}" if text else f"Error code: {status}"
-    return _error_class(status)(message, status_code=status, **_error_context(headers, body))
+    return _error_class(status)(message, response=response, body=body)
 
 
-def _stream_error(data: Any, headers: Mapping[str, str], status: int) -> APIError:
-    """The error for an error event inside a 200 stream."""
+def _stream_error(data: Any, response: Response) -> APIError:
+    """The error for an error event inside a 200 stream, or an error object in a 200 answer."""
     message = _error_text(data) or "An error occurred during streaming"
-    return APIError(message, status_code=status, **_error_context(headers, data))
+    return APIError(message, response=response, body=data)
 
 
 class _ProtocolError(Exception):
@@ -460,6 +589,7 @@ def _connection_error(exc: BaseException, doing: str, where: object) -> APIConne
 class _Model:
     """Base of the result types: the declared fields, plus whatever else the server sent."""
 
+    __slots__ = ("_request_id_slot",)  # kept out of __dict__, which holds what the server sent
     _NESTED: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]] = ()
 
     def __init__(self, **data: Any) -> None:
@@ -492,6 +622,20 @@ class _Model:
         items = {name: getattr(self, name) for name in self._declared()}
         items.update(self.__dict__)
         return items
+
+    @property
+    def _request_id(self) -> str | None:
+        """The ``x-request-id`` of the response this result came in (top-level results only), as openai has it."""
+        return getattr(self, "_request_id_slot", None)
+
+    @_request_id.setter
+    def _request_id(self, value: str | None) -> None:
+        self._request_id_slot = value
+
+    @property
+    def model_fields_set(self) -> set[str]:
+        """The declared fields the server sent."""
+        return {name for name in self._declared() if name in self.__dict__}
 
     @property
     def model_extra(self) -> dict[str, Any]:
@@ -535,6 +679,36 @@ class _Model:
     def model_dump_json(self, *, indent: int | None = None, **options: Any) -> str:
         """The object as a JSON string; ``options`` are those of ``model_dump``."""
         return json.dumps(self.model_dump(**options), indent=indent, ensure_ascii=False)
+
+    def to_dict(
+        self,
+        *,
+        mode: str = "python",
+        use_api_names: bool = True,
+        exclude_unset: bool = True,
+        exclude_defaults: bool = False,
+        exclude_none: bool = False,
+        warnings: Any = True,
+    ) -> dict[str, Any]:
+        """The object as JSON data, as openai and together 3.x give it: by default only what the server sent."""
+        return self.model_dump(
+            mode=mode, exclude_unset=exclude_unset, exclude_defaults=exclude_defaults, exclude_none=exclude_none
+        )
+
+    def to_json(
+        self,
+        *,
+        indent: int | None = 2,
+        use_api_names: bool = True,
+        exclude_unset: bool = True,
+        exclude_defaults: bool = False,
+        exclude_none: bool = False,
+        warnings: Any = True,
+    ) -> str:
+        """The object as a JSON string, as openai and together 3.x give it: by default only what the server sent."""
+        data = self.to_dict(exclude_unset=exclude_unset, exclude_defaults=exclude_defaults, exclude_none=exclude_none)
+        separators = None if indent is not None else (",", ":")
+        return json.dumps(data, indent=indent, separators=separators, ensure_ascii=False)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Any:
         """A copy (``deep=True``: of everything inside too), with the fields in ``update`` replaced."""
@@ -659,6 +833,8 @@ class Usage(_Model):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    prompt_tokens_details: Any = None
+    completion_tokens_details: Any = None
 
 
 @dataclass(init=False, repr=False, eq=False)
@@ -670,6 +846,8 @@ class Logprobs(_Model):
     top_logprobs: Any = None
     token_ids: list[int | None] | None = None
     text_offset: list[int] | None = None
+    content: list[Any] | None = None
+    refusal: list[Any] | None = None
 
 
 @dataclass(init=False, repr=False, eq=False)
@@ -697,6 +875,9 @@ class ChatMessage(_Model):
     reasoning: str | None = None
     reasoning_content: str | None = None
     function_call: FunctionCall | None = None
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    audio: Any = None
 
 
 @dataclass(init=False, repr=False, eq=False)
@@ -708,6 +889,8 @@ class ChatChoice(_Model):
     finish_reason: str | None = None
     logprobs: Logprobs | None = None
     seed: int | None = None
+    text: str | None = None
+    top_logprobs: Any = None
 
 
 @dataclass(init=False, repr=False, eq=False)
@@ -723,6 +906,7 @@ class ChatCompletionResponse(_Model):
     prompt: list[PromptPart] | None = None
     warnings: list[InferenceWarning] | None = None
     system_fingerprint: str | None = None
+    service_tier: str | None = None
 
 
 @dataclass(init=False, repr=False, eq=False)
@@ -736,6 +920,7 @@ class ChatDelta(_Model):
     tool_calls: list[ToolCall] | None = None
     token_id: int | None = None
     function_call: FunctionCall | None = None
+    refusal: str | None = None
 
 
 @dataclass(init=False, repr=False, eq=False)
@@ -747,6 +932,7 @@ class ChatChoiceDelta(_Model):
     finish_reason: str | None = None
     logprobs: Any = None
     seed: int | None = None
+    top_logprobs: Any = None
 
 
 @dataclass(init=False, repr=False, eq=False)
@@ -773,6 +959,7 @@ class ChatCompletionChunk(_Model):
     token: CompletionToken | None = None
     system_fingerprint: str | None = None
     warnings: list[InferenceWarning] | None = None
+    service_tier: str | None = None
 
 
 @dataclass(init=False, repr=False, eq=False)
@@ -798,6 +985,7 @@ class CompletionResponse(_Model):
     usage: Usage | None = None
     prompt: list[PromptPart] | None = None
     warnings: list[InferenceWarning] | None = None
+    system_fingerprint: str | None = None
 
 
 @dataclass(init=False, repr=False, eq=False)
@@ -931,6 +1119,83 @@ class MessageRole(str, Enum):
 # never accept: new roles, content parts and fields pass through untouched.
 
 
+class NotGiven:
+    """The modern SDKs' "not given" (``NOT_GIVEN``, ``not_given``): a parameter left at it is not sent."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+class Omit:
+    """The modern SDKs' ``omit``: a parameter given as ``omit`` is not sent, an extra header so is removed."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "omit"
+
+
+NOT_GIVEN = not_given = NotGiven()
+omit = Omit()
+_ABSENT = frozenset({NotGiven, Omit})  # the types of values that mean "not sent"
+
+if TYPE_CHECKING:
+    _Maybe = Union[_T, None, NotGiven, Omit]
+    _Messages = Sequence[Union[Mapping[str, Any], "ChatMessage"]]
+
+    class _TimeoutObject:  # what httpx.Timeout offers
+        connect: float | None
+        read: float | None
+        write: float | None
+
+    class _CallOptions(TypedDict, total=False):
+        timeout: _Maybe[float | _TimeoutObject]
+        max_retries: _Maybe[int]
+        extra_headers: _Maybe[Mapping[str, Any]]
+        extra_query: _Maybe[Mapping[str, Any]]
+        extra_body: _Maybe[Mapping[str, Any]]
+
+    class _CompletionParams(_CallOptions, total=False):
+        """The keywords both endpoints take, as the API names them."""
+
+        max_tokens: _Maybe[int]
+        stop: _Maybe[str | Sequence[str]]
+        temperature: _Maybe[float]
+        top_p: _Maybe[float]
+        top_k: _Maybe[int]
+        repetition_penalty: _Maybe[float]
+        presence_penalty: _Maybe[float]
+        frequency_penalty: _Maybe[float]
+        min_p: _Maybe[float]
+        logit_bias: _Maybe[Mapping[str, float]]
+        seed: _Maybe[int]
+        logprobs: _Maybe[int | bool]
+        echo: _Maybe[bool]
+        n: _Maybe[int]
+        safety_model: _Maybe[str]
+
+    class _ChatParams(_CompletionParams, total=False):
+        """The keywords chat completions take besides ``messages``, ``model`` and ``stream``."""
+
+        response_format: _Maybe[Mapping[str, Any]]
+        tools: _Maybe[Sequence[Mapping[str, Any]]]
+        tool_choice: _Maybe[str | Mapping[str, Any]]
+        reasoning_effort: _Maybe[str]
+        reasoning: _Maybe[Mapping[str, Any]]
+        chat_template_kwargs: _Maybe[Mapping[str, Any]]
+        context_length_exceeded_behavior: _Maybe[str]
+        compliance: _Maybe[str]
+        function_call: _Maybe[str | Mapping[str, Any]]
+
+
 def _require_str(name: str, value: Any) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
@@ -1003,12 +1268,13 @@ def _normalize_params(params: dict[str, Any]) -> None:
     params["stop"] = _normalize_stop(params.get("stop"))
 
 
-def _build_body(required: dict[str, Any], params: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON body: required fields, then the parameters that were given, then extras."""
-    _normalize_params(params)
-    body = dict(required)
-    body.update((name, value) for name, value in params.items() if value is not None)
-    body.update(extra)
+def _build_body(arguments: dict[str, Any], extra_body: Any) -> dict[str, Any]:
+    """The JSON body: the arguments given, in the API's form, then ``extra_body``."""
+    if not hasattr(extra_body, "items"):
+        raise TypeError(f"extra_body must be a dict, not {type(extra_body).__name__}")
+    _normalize_params(arguments)
+    body = {name: value for name, value in arguments.items() if value is not None}
+    body.update(extra_body)
     return body
 
 
@@ -1175,17 +1441,19 @@ class _SSEDecoder:
 # -- Streams ------------------------------------------------------------------
 
 
-class Stream:
+class Stream(_Generic[_T]):
     """The chunks of a streamed completion, as they arrive.
 
     Iterate over it (``for chunk in stream``). It is a context manager, and
     ``close()`` releases the connection early; reading to the end, an error,
-    or the stream being garbage collected release it too.
+    or the stream being garbage collected release it too. ``response`` is
+    the HTTP response (``status_code``, ``headers``).
     """
 
-    def __init__(self, response: _Response, parse: Callable[[Any], Any]) -> None:
-        self.response = response
-        self._reader = _StreamReader(response, parse)
+    def __init__(self, response: _Response, parse: Callable[[Any], Any], request: Request | None = None) -> None:
+        self._http = response
+        self.response = response.public(request)
+        self._reader = _StreamReader(response, parse, self.response)
         self._deferred: TogetherException | None = None  # an error held back behind chunks
         # The generators refer to the reader, never to the stream, so a dropped stream is freed
         # (and closes its socket) at once instead of waiting for the cycle collector.
@@ -1195,19 +1463,19 @@ class Stream:
     @property
     def headers(self) -> dict[str, str]:
         """The response headers (names in any case: ``stream.headers["X-Request-Id"]``)."""
-        return _Headers(self.response.headers)
+        return self.response.headers
 
     @property
     def _closed(self) -> bool:
         return self._reader.stopped
 
-    def __iter__(self) -> Stream:
+    def __iter__(self) -> Stream[_T]:
         return self  # the loop holds the stream, so the stream stays open while it runs
 
-    def __next__(self) -> Any:
-        return next(self._chunks)
+    def __next__(self) -> _T:
+        return next(self._chunks)  # type: ignore[no-any-return]
 
-    def __enter__(self) -> Stream:
+    def __enter__(self) -> Stream[_T]:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -1225,8 +1493,8 @@ class Stream:
             self._chunks.close()
             self._batches.close()
         except ValueError:  # the generator is running in another thread; unblock it instead
-            self.response.abort()
-        self.response.close()
+            self._http.abort()
+        self._http.close()
 
     def _next_available(self) -> Any:
         """The next read's chunks, plus those of every read that would not wait (one thread hop for all).
@@ -1242,7 +1510,7 @@ class Stream:
         if batch is _END:
             return _END
         try:
-            while self.response.has_event():
+            while self._http.has_event():
                 more = next(self._batches, _END)
                 if more is _END:
                     break
@@ -1257,8 +1525,9 @@ class Stream:
 class _StreamReader:
     """Turns a streamed response's body into lists of parsed chunks."""
 
-    def __init__(self, response: _Response, parse: Callable[[Any], Any]) -> None:
+    def __init__(self, response: _Response, parse: Callable[[Any], Any], public: Response) -> None:
         self.response = response
+        self.public = public  # what its errors carry
         self._parse = parse
         self.stopped = False  # Stream.close() was called: a read that fails from now on is a stop
 
@@ -1266,8 +1535,9 @@ class _StreamReader:
         """Lists of chunks: all that one piece of the body completed, so none waits for the next read."""
         try:
             yield from self._read_batches()
-        except APIConnectionError:
+        except APIConnectionError as exc:
             if not self.stopped:  # closed from another thread: a stop, not a failure
+                exc.request = exc.request or self.public.request
                 raise
         finally:
             self.response.close()
@@ -1289,7 +1559,7 @@ class _StreamReader:
                     response.release()
                     return
                 payload = self._decode(data)
-                error = _event_error(event.event, payload, response)
+                error = _event_error(event.event, payload, self.public)
                 if error is not None:
                     if batch:
                         yield batch  # the chunks before the error still reach the caller
@@ -1311,10 +1581,7 @@ class _StreamReader:
             return json.loads(data)
         except (ValueError, RecursionError):
             raise JSONError(
-                f"The stream sent data that is not JSON: {_text_summary(data)!r}",
-                status_code=self.response.status,
-                headers=self.response.headers,
-                body=data,
+                f"The stream sent data that is not JSON: {_text_summary(data)!r}", response=self.public, body=data
             ) from None
 
 
@@ -1323,10 +1590,10 @@ def _flatten(batches: Iterator[list[Any]]) -> Generator[Any, None, None]:
         yield from batch
 
 
-def _event_error(event: str | None, payload: Any, response: _Response) -> APIError | None:
+def _event_error(event: str | None, payload: Any, response: Response) -> APIError | None:
     """The error a stream event stands for: an error event or object, or JSON that is no chunk."""
     if event == "error" or (type(payload) is dict and payload.get("error")):
-        return _stream_error(payload, response.headers, response.status)
+        return _stream_error(payload, response)
     if type(payload) is not dict:
         return _not_an_object(response, payload)
     return None
@@ -1488,8 +1755,8 @@ def _new_ssl_context(variables: tuple[str | None, ...]) -> ssl.SSLContext:
         raise APIConnectionError(f"The CA bundle {name}={bundle!r} cannot be loaded: {detail}.", retryable=False) from None
 
 
-def _parse_url(url: str, what: str) -> tuple[str, str, int, str]:
-    """Split an http(s) URL into scheme, host, port and path; anything else is refused."""
+def _parse_url(url: str, what: str) -> tuple[str, str, int, str, str]:
+    """Split an http(s) URL into scheme, host, port, path and query; anything else is refused."""
     import urllib.parse
 
     if not isinstance(url, str):
@@ -1512,9 +1779,9 @@ def _parse_url(url: str, what: str) -> tuple[str, str, int, str]:
             raise ValueError(f"{what} has a host name that cannot be encoded: {url!r}") from None
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"{what} must not contain a user name or password")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{what} must not have a query or fragment: {url!r}")
-    return scheme, host, port, parts.path
+    if parts.fragment:
+        raise ValueError(f"{what} must not have a fragment: {url!r}")
+    return scheme, host, port, parts.path, parts.query
 
 
 class _Proxy:
@@ -1718,17 +1985,21 @@ class _Connection:
         self.reader.close()
         self.sock.close()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, timeouts: _Timeouts) -> None:
         """Send all of ``data``. The timeout bounds each wait for progress, not the whole upload.
 
         (``sendall`` would apply it to the whole upload, and a TLS socket applies it
         to each call, so a large body goes in pieces.)
         """
         sock = self.sock
+        if timeouts.write != timeouts.read:
+            sock.settimeout(timeouts.write)
         size = len(data)
         sent = sock.send(data if size <= _SEND_SIZE else memoryview(data)[:_SEND_SIZE])
         while sent < size:
             sent += sock.send(memoryview(data)[sent : sent + _SEND_SIZE])
+        if timeouts.write != timeouts.read:
+            sock.settimeout(timeouts.read)
 
     def unread(self) -> int:
         """How many received bytes no one has read yet."""
@@ -1763,7 +2034,7 @@ class _Connection:
             return True
 
 
-def _open_socket(address: tuple[str, int], timeout: float, cancel: _Cancel | None) -> socket.socket:
+def _open_socket(address: tuple[str, int], timeout: float | None, cancel: _Cancel | None) -> socket.socket:
     """socket.create_connection, but each socket is watched by ``cancel`` before it connects."""
     import socket
 
@@ -1950,6 +2221,7 @@ class _Response:
         cancel: _Cancel | None = None,
     ) -> None:
         version, status, reason, headers = head
+        self.version = version
         self.status = status
         self.reason = reason
         self.headers = headers
@@ -1983,6 +2255,27 @@ class _Response:
     @property
     def origin(self) -> tuple[str, str, int]:
         return self.route.origin
+
+    @property
+    def content(self) -> bytes | None:
+        """The body, if it was read whole."""
+        return self._content
+
+    @property
+    def finished(self) -> bool:
+        """Whether the connection was released or closed."""
+        return self._finished
+
+    def public(self, request: Request | None, content: bytes | None = None) -> Response:
+        """This response as errors, streams and raw responses show it."""
+        return Response(
+            self.status,
+            self.headers,
+            content=content,
+            request=request,
+            reason_phrase=self.reason,
+            http_version=self.version,
+        )
 
     def read(self) -> bytes:
         """The whole body, read once and kept; the connection is then released."""
@@ -2191,7 +2484,7 @@ class _ConnectionPool:
             route = self._routes[origin] = _Route(origin, proxy)
         return route
 
-    def get_idle(self, origin: tuple[str, str, int], timeout: float) -> _Connection | None:
+    def get_idle(self, origin: tuple[str, str, int], timeouts: _Timeouts) -> _Connection | None:
         """A kept-alive connection to the origin that still looks usable, if there is one."""
         now = time.monotonic()
         while True:
@@ -2203,7 +2496,8 @@ class _ConnectionPool:
             if now - since > _POOL_IDLE_SECONDS or connection.is_dropped():
                 connection.close()
                 continue
-            connection.sock.settimeout(timeout)
+            if connection.sock.gettimeout() != timeouts.read:
+                connection.sock.settimeout(timeouts.read)
             return connection
 
     def put(self, origin: tuple[str, str, int], connection: _Connection) -> None:
@@ -2225,13 +2519,13 @@ class _ConnectionPool:
             self._closed = True  # from now on put() closes what it is given
         self._close_idle()
 
-    def connect(self, route: _Route, timeout: float, cancel: _Cancel | None) -> _Connection:
+    def connect(self, route: _Route, timeouts: _Timeouts, cancel: _Cancel | None) -> _Connection:
         """A new connection: TCP, through the proxy if any, then TLS for https."""
         import socket
 
         scheme, host, port = route.origin
         proxy = route.proxy
-        sock = _open_socket((proxy.host, proxy.port) if proxy else (host, port), timeout, cancel)
+        sock = _open_socket((proxy.host, proxy.port) if proxy else (host, port), timeouts.connect, cancel)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
@@ -2242,6 +2536,8 @@ class _ConnectionPool:
                 if cancel is not None:
                     cancel.watch(sock)  # the TLS socket took over the descriptor
                 sock.do_handshake()
+            if timeouts.read != timeouts.connect:
+                sock.settimeout(timeouts.read)
         except BaseException:
             sock.close()
             raise
@@ -2278,12 +2574,12 @@ class _Transport:
         path: str,
         headers: Mapping[str, str],
         body: bytes,
-        timeout: float,
+        timeouts: _Timeouts,
         cancel: _Cancel | None = None,
     ) -> _Response:
         """POST ``body``; follows same-origin 307/308 redirects and nothing else."""
         for _ in range(_MAX_REDIRECTS):
-            response = self._send_once(origin, path, headers, body, timeout, cancel)
+            response = self._send_once(origin, path, headers, body, timeouts, cancel)
             location = response.headers.get("location")
             if response.status not in _REDIRECT_STATUSES or not location:
                 return response
@@ -2292,7 +2588,7 @@ class _Transport:
                 return response
             response.release()
             path = target
-        return self._send_once(origin, path, headers, body, timeout, cancel)  # its redirect is not followed
+        return self._send_once(origin, path, headers, body, timeouts, cancel)  # its redirect is not followed
 
     def _send_once(
         self,
@@ -2300,7 +2596,7 @@ class _Transport:
         path: str,
         headers: Mapping[str, str],
         body: bytes,
-        timeout: float,
+        timeouts: _Timeouts,
         cancel: _Cancel | None,
     ) -> _Response:
         """One request and its response head.
@@ -2315,27 +2611,33 @@ class _Transport:
         request = self._request_bytes(route, path, headers, body)
         if cancel is not None and cancel.cancelled:  # a connect cannot be interrupted: do not start one
             raise _cancelled_error()
-        connection = self.pool.get_idle(origin, timeout)
+        connection = self.pool.get_idle(origin, timeouts)
         if connection is not None:
             try:
-                return self._exchange(connection, True, route, request, cancel)
+                return self._exchange(connection, True, route, request, timeouts, cancel)
             except _StaleConnection:
                 pass
         try:
-            connection = self.pool.connect(route, timeout, cancel)
+            connection = self.pool.connect(route, timeouts, cancel)
         except Exception as exc:
             raise self._error(exc, cancel, "connecting to", route) from exc
-        return self._exchange(connection, False, route, request, cancel)
+        return self._exchange(connection, False, route, request, timeouts, cancel)
 
     def _exchange(
-        self, connection: _Connection, reused: bool, route: _Route, request: bytes, cancel: _Cancel | None
+        self,
+        connection: _Connection,
+        reused: bool,
+        route: _Route,
+        request: bytes,
+        timeouts: _Timeouts,
+        cancel: _Cancel | None,
     ) -> _Response:
         """Write the request on ``connection`` and read the head of the response."""
         if cancel is not None:
             cancel.attach(connection)
         received = connection.raw.received
         try:
-            connection.send(request)
+            connection.send(request, timeouts)
         except Exception as exc:
             early = self._early_response(connection, route, cancel) if isinstance(exc, _PEER_CLOSED) else None
             if early is not None:
@@ -2513,19 +2815,50 @@ def _configure_logging(level_name: str | None) -> None:
 
 # -- Clients ------------------------------------------------------------------
 
-_CALL_STATE = threading.local()  # per thread: the cancel handle of the AsyncTogether call it runs
 
-
-def _check_timeout(timeout: Any, default: float) -> float:
-    if timeout is None:
+def _check_timeout(timeout: Any, default: Any) -> Any:
+    """A positive number of seconds, or a timeout object with ``connect``/``read``/``write`` (``httpx.Timeout``)."""
+    if timeout is None or type(timeout) in _ABSENT:
         return default
+    if hasattr(timeout, "read") and not isinstance(timeout, (int, float)):
+        _timeouts(timeout)  # checks each phase
+        return timeout
     _check_number("timeout", timeout)
     if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
 
 
+class _Timeouts:
+    """Seconds allowed per phase: connecting, each read, each wait while sending (None: no limit)."""
+
+    __slots__ = ("connect", "read", "write")
+
+    def __init__(self, connect: float | None, read: float | None, write: float | None) -> None:
+        self.connect = connect
+        self.read = read
+        self.write = write
+
+
+def _timeouts(timeout: Any) -> _Timeouts:
+    """The phases of a checked timeout: one number for all, or an object's ``connect``, ``read`` and ``write``."""
+    if isinstance(timeout, float):
+        return _Timeouts(timeout, timeout, timeout)
+    phases = []
+    for phase in ("connect", "read", "write"):
+        value = getattr(timeout, phase, None)
+        if value is not None:
+            _check_number(f"timeout.{phase}", value)
+            if not value > 0:
+                raise ValueError(f"timeout.{phase} must be a positive number of seconds or None, got {value!r}")
+            value = float(value)
+        phases.append(value)
+    return _Timeouts(*phases)
+
+
 def _check_max_retries(max_retries: Any, default: int) -> int:
+    if type(max_retries) in _ABSENT:
+        return default
     value = _as_int("max_retries", max_retries, 0)
     return default if value is None else value
 
@@ -2539,6 +2872,56 @@ def _resolve_api_key(api_key: Any) -> str:
         )
     _check_sendable("api_key", key)
     return key
+
+
+def _resolve_base_url(base_url: Any) -> tuple[str, str, int, str, str]:
+    """Scheme, host, port, path and query of the base URL; a bare origin means its ``/v1``, as together 3.x reads it."""
+    url = base_url or os.environ.get("TOGETHER_BASE_URL") or DEFAULT_BASE_URL
+    scheme, host, port, path, query = _parse_url(url, "base_url")
+    if not path.strip("/"):
+        path = "/v1"
+    return scheme, host, port, path, query
+
+
+def _environment_headers() -> dict[str, str]:
+    """The headers TOGETHER_CUSTOM_HEADERS names, one ``Name: value`` per line, as together 3.x reads them."""
+    text = os.environ.get("TOGETHER_CUSTOM_HEADERS")
+    if not text:
+        return {}
+    headers = {}
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise ValueError(f"TOGETHER_CUSTOM_HEADERS line {number} is not 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return _check_headers(headers)
+
+
+def _check_query(query: Any, what: str) -> dict[str, Any]:
+    if query is None or type(query) in _ABSENT:
+        return {}
+    if not hasattr(query, "items"):
+        raise TypeError(f"{what} must be a dict of query parameters, not {type(query).__name__}")
+    return {str(name): value for name, value in query.items() if value is not None and type(value) not in _ABSENT}
+
+
+def _query_string(query: Mapping[str, Any]) -> str:
+    """``?name=value&...``, or nothing for no parameters."""
+    if not query:
+        return ""
+    import urllib.parse
+
+    return "?" + urllib.parse.urlencode(query, doseq=True)
+
+
+def _refuse_http_client(http_client: Any) -> None:
+    if http_client is not None:
+        raise TypeError(
+            "http_client is not supported: together_lite has its own transport; "
+            "use proxy=, ssl_context= and timeout= instead"
+        )
 
 
 def _is_loopback(host: str) -> bool:
@@ -2566,30 +2949,72 @@ def _warn_if_plain_http(scheme: str, host: str) -> None:
         )
 
 
-class _RequestOptions:
-    """Per-call settings that are not part of the JSON body."""
+def _pause(seconds: float, cancel: _Cancel | None) -> None:
+    """Sleep between attempts; a cancelled call wakes at once."""
+    if cancel is None:
+        time.sleep(seconds)
+    else:
+        cancel.wait(seconds)
 
-    __slots__ = ("cancel", "headers", "max_retries", "timeout")
 
-    def __init__(self, timeout: float, max_retries: int, headers: dict[str, str], cancel: _Cancel | None) -> None:
+class _Call:
+    """One API call, checked and ready to send, with what its sending learns (retries, time)."""
+
+    __slots__ = (
+        "_request", "body", "cancel", "client", "elapsed", "headers", "max_retries",
+        "parse", "path", "retries_taken", "stream", "timeout",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        client: Together,
+        path: str,
+        body: dict[str, Any],
+        parse: Callable[[Any], Any],
+        headers: dict[str, str],
+        timeout: Any,
+        max_retries: int,
+    ) -> None:
+        self.client = client
+        self.path = path
+        self.body = body
+        self.parse = parse
+        self.stream = body.get("stream") is True
+        self.headers = headers
         self.timeout = timeout
         self.max_retries = max_retries
-        self.headers = headers
-        self.cancel = cancel
+        self.cancel: _Cancel | None = None  # set by AsyncTogether, so that a cancelled task abandons the call
+        self.retries_taken = 0
+        self.elapsed = 0.0
+        self._request: Request | None = None
+
+    @property
+    def request(self) -> Request:
+        """The call as errors and raw responses show it (built only when one asks)."""
+        if self._request is None:
+            scheme, host, port = self.client._origin
+            url = f"{scheme}://{_host_port(host, port, 443 if scheme == 'https' else 80)}{self.path}"
+            headers = _merge_headers(self.headers, {"Authorization": "Bearer <redacted>"})
+            self._request = Request("POST", url, headers)
+        return self._request
 
 
 class Together:
     """A client for Together's chat and text completions (alias ``Client``).
 
     :param api_key: defaults to the ``TOGETHER_API_KEY`` environment variable.
-    :param base_url: defaults to ``TOGETHER_BASE_URL``, else ``https://api.together.xyz/v1``.
-    :param timeout: seconds allowed for connecting and for each read (default 600).
+    :param base_url: defaults to ``TOGETHER_BASE_URL``, else ``https://api.together.xyz/v1``;
+        a bare origin (``http://localhost:8080``) means its ``/v1``.
+    :param timeout: seconds allowed for connecting, for each read and for each wait while
+        sending (default 600); or an object with ``connect``, ``read`` and ``write`` (``httpx.Timeout``).
     :param max_retries: retries after a failed attempt (default 5; 0 means one attempt).
-    :param supplied_headers: extra HTTP headers sent with every request.
+    :param default_headers: extra HTTP headers sent with every request (also ``supplied_headers``,
+        the v1 name, and the ``TOGETHER_CUSTOM_HEADERS`` environment variable, one ``Name: value`` a line).
+    :param default_query: query parameters added to every request's URL.
     :param proxy: an ``http://[user:pass@]host:port`` proxy; by default the proxy
         environment variables (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY) decide.
     :param ssl_context: an ``ssl.SSLContext`` to verify the server with (for a
-        corporate CA); by default the system's store, or SSL_CERT_FILE.
+        corporate CA); by default the system's store, SSL_CERT_FILE or REQUESTS_CA_BUNDLE.
     """
 
     def __init__(
@@ -2597,43 +3022,119 @@ class Together:
         *,
         api_key: str | None = None,
         base_url: str | None = None,
-        timeout: float | None = None,
+        timeout: float | Any | None = None,
         max_retries: int | None = None,
         supplied_headers: Mapping[str, str] | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, Any] | None = None,
         proxy: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        http_client: Any = None,
     ) -> None:
+        _refuse_http_client(http_client)
+        self.supplied_headers = _check_headers(supplied_headers)
+        custom = {**_environment_headers(), **self.supplied_headers, **_check_headers(default_headers)}
+        self._configure(api_key, base_url, timeout, max_retries, custom, _check_query(default_query, "default_query"))
+        self._transport = _Transport(proxy=proxy, ssl_context=ssl_context)
+        self._owns_transport = True
+        self._sleep: Callable[[float, _Cancel | None], None] = _pause
+        self.chat = Chat(self)
+        self.completions = Completions(self)
+        _warn_if_plain_http(*self._origin[:2])
+
+    def _configure(
+        self,
+        api_key: Any,
+        base_url: Any,
+        timeout: Any,
+        max_retries: Any,
+        custom_headers: dict[str, str],
+        default_query: dict[str, Any],
+    ) -> None:
+        """Check and settle the options a client and its copies are made of."""
         self.api_key = _resolve_api_key(api_key)
-        url = base_url or os.environ.get("TOGETHER_BASE_URL") or DEFAULT_BASE_URL
-        scheme, host, port, path = _parse_url(url, "base_url")
-        self.base_url = url.strip().rstrip("/") + "/"
+        scheme, host, port, path, query = _resolve_base_url(base_url)
+        self.base_url = f"{scheme}://{_host_port(host, port, 443 if scheme == 'https' else 80)}{path.rstrip('/')}/"
         self.timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
         self.max_retries = _check_max_retries(max_retries, DEFAULT_MAX_RETRIES)
-        self.supplied_headers = _check_headers(supplied_headers)
+        self.default_headers = custom_headers
+        if query:
+            import urllib.parse
+
+            default_query = {**dict(urllib.parse.parse_qsl(query, keep_blank_values=True)), **default_query}
+        self.default_query = default_query
         self._origin = (scheme, host, port)
         self._base_path = _quote_target(path.rstrip("/") + "/")
+        self._timeouts = _timeouts(self.timeout)
         defaults = {
             "User-Agent": _USER_AGENT,
             "Authorization": f"Bearer {self.api_key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
-        self._headers = _merge_headers(defaults, self.supplied_headers)
-        self._stream_headers = _merge_headers(
-            {**defaults, "Accept": "text/event-stream"}, self.supplied_headers
+        self._headers = _merge_headers(defaults, custom_headers)
+        self._stream_headers = _merge_headers({**defaults, "Accept": "text/event-stream"}, custom_headers)
+
+    def copy(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float | Any | None = None,
+        max_retries: int | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        set_default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, Any] | None = None,
+        set_default_query: Mapping[str, Any] | None = None,
+        http_client: Any = None,
+    ) -> Together:
+        """A client like this one with some options changed, sharing its connections (also ``with_options``).
+
+        ``default_headers``/``default_query`` are added to this client's; ``set_default_headers``/
+        ``set_default_query`` replace them. Closing the copy leaves the shared connections open.
+        """
+        _refuse_http_client(http_client)
+        headers = _replaced_or_merged(self.default_headers, default_headers, set_default_headers, "headers")
+        query = _replaced_or_merged(self.default_query, default_query, set_default_query, "query")
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._configure(
+            api_key or self.api_key,
+            base_url or self.base_url,
+            self.timeout if timeout is None else timeout,
+            self.max_retries if max_retries is None else max_retries,
+            _check_headers(headers),
+            _check_query(query, "default_query"),
         )
-        self._transport = _Transport(proxy=proxy, ssl_context=ssl_context)
-        self._sleep: Callable[[float], None] = time.sleep
-        self.chat = Chat(self)
-        self.completions = Completions(self)
-        _warn_if_plain_http(scheme, host)
+        clone._owns_transport = False
+        clone.chat = Chat(clone)
+        clone.completions = Completions(clone)
+        if base_url:
+            _warn_if_plain_http(*clone._origin[:2])
+        return clone
+
+    with_options = copy
+
+    @property
+    def with_raw_response(self) -> _RawClient:
+        """The client's resources, whose ``create()`` returns the HTTP response (``.headers``, ``.parse()``)."""
+        return _RawClient(self, streaming=False)
+
+    @property
+    def with_streaming_response(self) -> _RawClient:
+        """The client's resources, whose ``create()`` is a context manager over the unread response."""
+        return _RawClient(self, streaming=True)
 
     def __repr__(self) -> str:
         return _client_repr(self)
 
     def close(self) -> None:
-        """Close the kept-alive connections. The client still works afterwards, without reuse."""
-        self._transport.close()
+        """Close the kept-alive connections (a copy leaves those it shares). The client still works afterwards."""
+        if self._owns_transport:
+            self._transport.close()
+
+    def is_closed(self) -> bool:
+        return self._transport.pool._closed
 
     def __enter__(self) -> Together:
         return self
@@ -2641,82 +3142,106 @@ class Together:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # The request path, shared by both endpoints.
+    # The request path, shared by both endpoints and the async client.
 
-    def _options(self, timeout: Any, max_retries: Any, extra_headers: Any) -> _RequestOptions:
-        return _RequestOptions(
-            _check_timeout(timeout, self.timeout),
-            _check_max_retries(max_retries, self.max_retries),
-            _check_headers(extra_headers),
-            getattr(_CALL_STATE, "cancel", None),
-        )
+    def _call(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        parse: Callable[[Any], Any],
+        timeout: Any = None,
+        max_retries: Any = None,
+        extra_headers: Any = None,
+        extra_query: Any = None,
+    ) -> _Call:
+        """A checked call to ``endpoint``; the per-call options override the client's."""
+        headers = self._stream_headers if body.get("stream") is True else self._headers
+        if extra_headers is not None and type(extra_headers) not in _ABSENT:
+            headers = _with_extra_headers(headers, extra_headers)
+        query = self.default_query
+        if extra_query:
+            query = {**query, **_check_query(extra_query, "extra_query")}
+        path = self._base_path + endpoint + _query_string(query)
+        timeout = _check_timeout(timeout, self.timeout)
+        return _Call(self, path, body, parse, headers, timeout, _check_max_retries(max_retries, self.max_retries))
 
-    def _post(self, endpoint: str, body: dict[str, Any], parse: Callable[[Any], Any], options: _RequestOptions) -> Any:
-        """POST to an endpoint; a parsed result, or a Stream when the body asks for one."""
-        stream = body.get("stream") is True
-        headers = self._stream_headers if stream else self._headers
-        if options.headers:
-            headers = _merge_headers(headers, options.headers)
-        data = _encode_body(body)
-        logger = _get_logger(10)
-        if logger is not None:
-            logger.debug("request body %s", data.decode("utf-8", "replace"))
-        response = self._send(endpoint, headers, data, options, stream)
-        if stream:
-            return _open_stream(response, parse)
-        return parse(_json_result(response))
+    def _execute(self, call: _Call) -> Any:
+        """Send a call; its parsed result, or a Stream."""
+        response = self._send(call)
+        if call.stream:
+            return _open_stream(response, call)
+        result = call.parse(_json_result(response, call))
+        result._request_id = _request_id(response.headers)
+        return result
 
-    def _send(
-        self, endpoint: str, headers: Mapping[str, str], data: bytes, options: _RequestOptions, stream: bool
-    ) -> _Response:
+    def _send(self, call: _Call, read_body: bool = True) -> _Response:
         """Send with retries: on connection errors, timeouts, 408, 409, 429 and 5xx.
 
         A non-streaming body is read inside the loop, so a response cut off
         half-way is retried too; a stream is retried only until its headers.
         """
-        cancel = options.cancel
-        path = self._base_path + endpoint
-        for retries_taken in range(options.max_retries + 1):
+        data = _encode_body(call.body)
+        logger = _get_logger(10)
+        if logger is not None:
+            logger.debug("request body %s", data.decode("utf-8", "replace"))
+        timeouts = self._timeouts if call.timeout is self.timeout else _timeouts(call.timeout)
+        cancel = call.cancel
+        read_body = read_body and not call.stream
+        for retries_taken in range(call.max_retries + 1):
+            call.retries_taken = retries_taken
             started = time.monotonic()
             try:
-                response = self._transport.send(self._origin, path, headers, data, options.timeout, cancel)
-                if response.status < 300 and not stream:
+                response = self._transport.send(self._origin, call.path, call.headers, data, timeouts, cancel)
+                if response.status < 300 and read_body:
                     response.read()
             except APIConnectionError as exc:
-                if retries_taken >= options.max_retries or not exc.retryable or (cancel and cancel.cancelled):
+                if retries_taken >= call.max_retries or not exc.retryable or (cancel and cancel.cancelled):
+                    exc.request = exc.request or call.request
                     raise
-                self._wait(retries_taken, None, str(exc), options)
+                self._wait(retries_taken, None, exc, call)
                 continue
-            _log_response(self.base_url + endpoint, response, time.monotonic() - started)
+            call.elapsed = time.monotonic() - started
+            _log_response(self.base_url + call.path[len(self._base_path) :], response, call.elapsed)
             if response.status < 300:
                 return response
-            if retries_taken < options.max_retries and _should_retry(response.status, response.headers):
+            if retries_taken < call.max_retries and _should_retry(response.status, response.headers):
                 response.release()
-                self._wait(retries_taken, response.headers, f"HTTP {response.status}", options)
+                self._wait(retries_taken, response.headers, f"HTTP {response.status}", call)
                 continue
-            raise _error_response(response)
+            raise _error_response(response, call)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _wait(
-        self, retries_taken: int, headers: Mapping[str, str] | None, reason: str, options: _RequestOptions
-    ) -> None:
+    def _wait(self, retries_taken: int, headers: Mapping[str, str] | None, reason: object, call: _Call) -> None:
         import random
 
         retry_after = _retry_after_seconds(headers) if headers else None
         delay = _retry_delay(retries_taken, retry_after, random.random())
-        logger = _get_logger(20)
-        if logger is not None:
-            retry = retries_taken + 1
-            logger.info("retrying in %.2fs (retry %d of %d) after %s", delay, retry, options.max_retries, reason)
-        if options.cancel is not None and self._sleep is time.sleep:
-            options.cancel.wait(delay)
-            if options.cancel.cancelled:
-                raise _cancelled_error()
-        else:
-            self._sleep(delay)
+        _log_retry(reason, delay, retries_taken + 1, call.max_retries)
+        self._sleep(delay, call.cancel)
+        if call.cancel is not None and call.cancel.cancelled:
+            raise _cancelled_error()
 
 
 Client = Together
+
+
+def _with_extra_headers(headers: Mapping[str, str], extra: Mapping[str, Any]) -> dict[str, str]:
+    """``headers`` with a call's ``extra_headers``; one given as ``omit`` is not sent at all."""
+    if not hasattr(extra, "items"):
+        raise TypeError("extra_headers must be a dict of str to str")
+    removed = {name.lower() for name, value in extra.items() if type(value) in _ABSENT}
+    added = _check_headers({name: value for name, value in extra.items() if type(value) not in _ABSENT})
+    return {name: value for name, value in _merge_headers(headers, added).items() if name.lower() not in removed}
+
+
+def _replaced_or_merged(
+    current: Mapping[str, Any], added: Mapping[str, Any] | None, replacement: Mapping[str, Any] | None, what: str
+) -> dict[str, Any]:
+    if added is not None and replacement is not None:
+        raise ValueError(f"The `default_{what}` and `set_default_{what}` arguments are mutually exclusive")
+    if replacement is not None:
+        return dict(replacement)
+    return {**current, **(added or {})}
 
 
 def _client_repr(client: Together | AsyncTogether) -> str:
@@ -2732,19 +3257,26 @@ def _log_response(url: str, response: _Response, elapsed: float) -> None:
         logger.info("POST %s -> %d in %.3fs (request id %s)", url, response.status, elapsed, request_id)
 
 
-def _error_response(response: _Response) -> APIStatusError:
+def _log_retry(reason: object, delay: float, retry: int, max_retries: int) -> None:
+    logger = _get_logger(20)
+    if logger is not None:
+        logger.info("retrying in %.2fs (retry %d of %d) after %s", delay, retry, max_retries, reason)
+
+
+def _error_response(response: _Response, call: _Call) -> APIStatusError:
     """The typed error for a non-2xx response, with its body read."""
     try:
         raw = response.read_error_body()
     except APIConnectionError:
         raw = b""
     response.close()
+    public = response.public(call.request, raw)
     if 300 <= response.status < 400:
-        return _redirect_error(response, raw)
-    return _status_error(response.status, response.reason, response.headers, raw)
+        return _redirect_error(response, public)
+    return _status_error(public)
 
 
-def _redirect_error(response: _Response, raw: bytes) -> APIStatusError:
+def _redirect_error(response: _Response, public: Response) -> APIStatusError:
     """The error for a redirect that was not followed, saying why."""
     location = response.headers.get("location", "")
     if not location:
@@ -2756,15 +3288,11 @@ def _redirect_error(response: _Response, raw: bytes) -> APIStatusError:
     else:
         reason = f"redirect to {location!r} not followed (it leaves the base URL's origin, which must not get the key)"
     return _error_class(response.status)(
-        f"Error code: {response.status} - {reason}",
-        status_code=response.status,
-        headers=response.headers,
-        body=_parse_body(raw),
-        request_id=_request_id(response.headers),
+        f"Error code: {response.status} - {reason}", response=public, body=_parse_body(public.content)
     )
 
 
-def _json_result(response: _Response) -> Any:
+def _json_result(response: _Response, call: _Call) -> Any:
     """The decoded JSON of a successful response."""
     raw = response.read()
     try:
@@ -2774,49 +3302,383 @@ def _json_result(response: _Response) -> Any:
         shown = _text_summary(raw.decode("utf-8", "replace")) or "an empty body"
         raise JSONError(
             f"The API answered {response.status} with a body that is not JSON ({kind}): {shown}",
-            status_code=response.status,
-            headers=response.headers,
+            response=response.public(call.request, raw),
             body=raw.decode("utf-8", "replace"),
         ) from None
     if type(payload) is dict and payload.get("error") and "choices" not in payload:
-        raise _stream_error(payload, response.headers, response.status)
+        raise _stream_error(payload, response.public(call.request, raw))
     if type(payload) is not dict:
-        raise _not_an_object(response, payload)
+        raise _not_an_object(response.public(call.request, raw), payload)
     return payload
 
 
-def _not_an_object(response: _Response, payload: Any) -> APIError:
+def _not_an_object(response: Response, payload: Any) -> APIError:
     """The error for JSON that is valid but not the object a result or chunk must be."""
     return JSONError(
-        f"The API sent JSON that is not an object but a {type(payload).__name__}.",
-        status_code=response.status,
-        headers=response.headers,
-        body=payload,
+        f"The API sent JSON that is not an object but a {type(payload).__name__}.", response=response, body=payload
     )
 
 
-def _open_stream(response: _Response, parse: Callable[[Any], Any]) -> Stream:
+def _open_stream(response: _Response, call: _Call) -> Stream[Any]:
     kind = response.headers.get("content-type", "").lower()
     if kind and "event-stream" not in kind:
-        _json_result(response)  # raises for an error object or a non-JSON body
+        _json_result(response, call)  # raises for an error object or a non-JSON body
         raise APIError(
-            f"Asked for a stream, but the API answered with {kind}.",
-            status_code=response.status,
-            headers=response.headers,
+            f"Asked for a stream, but the API answered with {kind}.", response=response.public(call.request, b"")
         )
-    return Stream(response, parse)
+    return Stream(response, call.parse, call.request)
 
 
-class ChatCompletions:
-    """``client.chat.completions``."""
+# -- Clients: raw responses ---------------------------------------------------
+
+
+class _Text(str):
+    """A str that can be called too: ``response.text`` (openai) and ``response.text()`` (together 3.x) both work."""
+
+    def __call__(self) -> str:
+        return str(self)
+
+
+class APIResponse(_Generic[_T]):
+    """A call's HTTP response, from ``with_raw_response`` (body read) or ``with_streaming_response`` (unread).
+
+    ``parse()`` gives what ``create()`` would have returned (a Stream for
+    ``stream=True``); ``headers`` answer in any case (``x-ratelimit-remaining``).
+    """
+
+    def __init__(self, response: _Response, call: _Call) -> None:
+        self._response = response
+        self._call = call
+        self.http_response = response.public(call.request, response.content)
+        self.retries_taken = call.retries_taken
+        self._parsed: Any = _UNSET
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.http_response.headers
+
+    @property
+    def status_code(self) -> int:
+        return self.http_response.status_code
+
+    @property
+    def http_request(self) -> Request:
+        return self._call.request
+
+    @property
+    def url(self) -> str:
+        return self._call.request.url
+
+    @property
+    def method(self) -> str:
+        return "POST"
+
+    @property
+    def http_version(self) -> str:
+        return self.http_response.http_version
+
+    @property
+    def elapsed(self) -> Any:
+        """The time from sending the request to having the response's head, as a ``timedelta``."""
+        import datetime
+
+        return datetime.timedelta(seconds=self._call.elapsed)
+
+    @property
+    def request_id(self) -> str | None:
+        return _request_id(self.headers)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._response.finished
+
+    def parse(self, *, to: Any = None) -> _T:
+        """The result ``create()`` would have returned; ``to=str``, ``bytes`` or ``dict`` give the body so."""
+        if to is not None:
+            return self._parse_to(to)  # type: ignore[no-any-return]
+        if self._parsed is _UNSET:
+            if self._call.stream:
+                self._parsed = Stream(self._response, self._call.parse, self._call.request)
+            else:
+                self._parsed = self._call.parse(_json_result(self._response, self._call))
+                self._parsed._request_id = self.request_id
+        return self._parsed  # type: ignore[no-any-return]
+
+    def _parse_to(self, to: Any) -> Any:
+        if to is str:
+            return self.text
+        if to is bytes:
+            return self.content
+        if to in (dict, object):
+            return self.json()
+        if isinstance(to, type) and issubclass(to, _Model):
+            return to._parse(self.json())
+        raise TypeError(f"parse(to=...) takes str, bytes, dict or a result type, not {to!r}")
+
+    def read(self) -> bytes:
+        """The whole body (read now if it was not yet)."""
+        content = self._response.read()
+        self.http_response._content = content
+        return content
+
+    @property
+    def content(self) -> bytes:
+        return self.read()
+
+    @property
+    def text(self) -> _Text:
+        return _Text(self.read().decode("utf-8", "replace"))
+
+    def json(self) -> Any:
+        return json.loads(self.read())
+
+    def iter_bytes(self, chunk_size: int | None = None) -> Iterator[bytes]:
+        """The body as it arrives (or as it was read)."""
+        if self._response.content is not None:
+            yield self._response.content
+            return
+        try:
+            yield from self._response.iter_bytes()
+            self._response.release()
+        finally:
+            self._response.close()
+
+    def iter_text(self, chunk_size: int | None = None) -> Iterator[str]:
+        import codecs
+
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for piece in self.iter_bytes():
+            text = decoder.decode(piece)
+            if text:
+                yield text
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+    def iter_lines(self) -> Iterator[str]:
+        """The body's lines as they arrive, without their line ends (an SSE stream's ``data: ...`` lines)."""
+        pending = ""
+        for text in self.iter_text():
+            lines = _LINE_BREAK.split(pending + text)
+            pending = lines.pop()
+            yield from lines
+        if pending:
+            yield pending
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} [{self.status_code} {self.http_response.reason_phrase}]>"
+
+
+_UNSET: Any = object()
+
+
+class _ResponseContextManager:
+    """What ``with_streaming_response.create()`` returns: the request goes out on ``with``, and ends with it."""
+
+    def __init__(self, client: Together, call: _Call) -> None:
+        self._client = client
+        self._call = call
+        self._response: APIResponse[Any] | None = None
+
+    def __enter__(self) -> APIResponse[Any]:
+        self._response = APIResponse(self._client._send(self._call, read_body=False), self._call)
+        return self._response
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._response is not None:
+            self._response.close()
+
+
+class _RawResource:
+    """``with_raw_response`` / ``with_streaming_response`` of a resource: its ``create()`` gives the response."""
+
+    def __init__(self, resource: _Resource, *, streaming: bool) -> None:
+        self._resource = resource
+        self._streaming = streaming
+
+    def create(self, **arguments: Any) -> Any:
+        """The same arguments as the resource's ``create()``."""
+        call = self._resource._prepare(arguments)
+        client = self._resource._client
+        if self._streaming:
+            return _ResponseContextManager(client, call)
+        return APIResponse(client._send(call), call)
+
+
+class _RawClient:
+    """``client.with_raw_response``: the client's resources, each giving responses."""
+
+    def __init__(self, client: Together, *, streaming: bool) -> None:
+        self.chat = _RawChat(_RawResource(client.chat.completions, streaming=streaming))
+        self.completions = _RawResource(client.completions, streaming=streaming)
+
+
+class _RawChat:
+    def __init__(self, completions: _RawResource) -> None:
+        self.completions = completions
+
+
+# -- Clients: structured output -----------------------------------------------
+#
+# chat.completions.parse(response_format=SomeModel) reads any class that has
+# pydantic's model_json_schema() and model_validate_json(), without importing pydantic.
+
+
+class APIResponseValidationError(APIError):
+    """The API's answer does not fit the schema asked for; ``completion`` is the answer."""
+
+    def __init__(self, message: str, *, completion: Any = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.completion = completion
+
+
+class LengthFinishReasonError(APIResponseValidationError):
+    """The answer was cut off by ``max_tokens`` before its JSON was complete."""
+
+
+class ContentFilterFinishReasonError(APIResponseValidationError):
+    """The answer was stopped by the content filter."""
+
+
+class RefusalError(APIResponseValidationError):
+    """The model refused to answer; ``refusal`` holds what it said."""
+
+    def __init__(self, message: str, *, refusal: str | None = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.refusal = refusal
+
+
+def _is_model_class(response_format: Any) -> bool:
+    return isinstance(response_format, type) and hasattr(response_format, "model_json_schema")
+
+
+def _json_schema_format(model: type) -> dict[str, Any]:
+    """The ``json_schema`` response format for a pydantic-like class, made strict as structured output wants."""
+    schema = _strict_schema(model.model_json_schema())  # type: ignore[attr-defined]
+    return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": schema, "strict": True}}
+
+
+def _strict_schema(schema: Any) -> Any:
+    """A JSON schema where every object lists all its properties as required and allows no others."""
+    if isinstance(schema, list):
+        return [_strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {name: _strict_schema(value) for name, value in schema.items()}
+    if strict.get("type") == "object" and "additionalProperties" not in strict:
+        strict["additionalProperties"] = False
+    if isinstance(strict.get("properties"), dict):
+        strict["required"] = list(strict["properties"])
+    if "default" in strict and strict["default"] is None:
+        del strict["default"]  # optional fields become required but nullable
+    return strict
+
+
+def _with_parsed(completion: Any, response_format: Any) -> Any:
+    """The completion with each choice's ``message.parsed``; raises when an answer cannot be parsed."""
+    for choice in completion.choices or ():
+        reason = choice.finish_reason
+        if reason == "length":
+            raise LengthFinishReasonError(
+                "Could not parse the answer: the length limit was reached before it was complete.",
+                completion=completion,
+            )
+        if reason == "content_filter":
+            raise ContentFilterFinishReasonError(
+                "Could not parse the answer: the content filter stopped it.", completion=completion
+            )
+        message = choice.message
+        if message is None:
+            continue
+        if message.refusal:
+            raise RefusalError(f"The model refused: {message.refusal}", refusal=message.refusal, completion=completion)
+        message.parsed = _parse_content(message.content, response_format, completion)
+    return completion
+
+
+def _parse_content(content: Any, response_format: Any, completion: Any) -> Any:
+    if not isinstance(content, str) or not content.strip():
+        raise APIResponseValidationError("The answer has no content to parse.", completion=completion)
+    try:
+        if _is_model_class(response_format):
+            return response_format.model_validate_json(content)
+        return json.loads(content)
+    except Exception as exc:  # pydantic's ValidationError, or a ValueError for JSON
+        detail = " ".join(str(exc).split())
+        raise APIResponseValidationError(
+            f"The answer does not fit the response format: {detail}", completion=completion
+        ) from exc
+
+
+# -- Clients: the resources ---------------------------------------------------
+
+_CALL_OPTIONS = ("timeout", "max_retries", "extra_headers", "extra_query", "extra_body")
+
+
+class _Resource:
+    """What ``chat.completions`` and ``completions`` share: checking arguments and building the call."""
+
+    _endpoint: ClassVar[str]
+    _required: ClassVar[tuple[str, str]]
+    _result: ClassVar[type[_Model]]
+    _chunk: ClassVar[type[_Model]]
 
     def __init__(self, client: Together) -> None:
         self._client = client
 
+    @property
+    def with_raw_response(self) -> _RawResource:
+        """This resource, with a ``create()`` that returns the HTTP response (``.headers``, ``.parse()``)."""
+        return _RawResource(self, streaming=False)
+
+    @property
+    def with_streaming_response(self) -> _RawResource:
+        """This resource, with a ``create()`` that is a context manager over the unread response."""
+        return _RawResource(self, streaming=True)
+
+    def _prepare(self, arguments: dict[str, Any]) -> _Call:
+        """A checked call from ``create()``'s keyword arguments; those it does not name go into the body."""
+        options = {name: arguments.pop(name, None) for name in _CALL_OPTIONS}
+        given = {name: value for name, value in arguments.items() if value is not None and type(value) not in _ABSENT}
+        for name in self._required:
+            if name not in given:
+                raise TypeError(f"create() missing required keyword argument: {name!r}")
+        self._check(given)
+        body = _build_body(given, options.pop("extra_body") or {})
+        parse = self._chunk._parse if body.get("stream") is True else self._result._parse
+        return self._client._call(self._endpoint, body, parse, **options)
+
+    def _check(self, arguments: dict[str, Any]) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+
+class ChatCompletions(_Resource):
+    """``client.chat.completions``."""
+
+    _endpoint = "chat/completions"
+    _required = ("model", "messages")
+    _result = ChatCompletionResponse
+    _chunk = ChatCompletionChunk
+
+    @overload
+    def create(
+        self, *, messages: _Messages, model: str, stream: Literal[False] = False, **params: Unpack[_ChatParams]
+    ) -> ChatCompletionResponse: ...
+    @overload
+    def create(
+        self, *, messages: _Messages, model: str, stream: Literal[True], **params: Unpack[_ChatParams]
+    ) -> Stream[ChatCompletionChunk]: ...
+    @overload
+    def create(
+        self, *, messages: _Messages, model: str, stream: bool, **params: Unpack[_ChatParams]
+    ) -> ChatCompletionResponse | Stream[ChatCompletionChunk]: ...
     def create(
         self,
         *,
-        messages: Sequence[Mapping[str, Any]],
+        messages: _Messages,
         model: str,
         max_tokens: int | None = None,
         stop: str | Sequence[str] | None = None,
@@ -2837,36 +3699,68 @@ class ChatCompletions:
         response_format: Mapping[str, Any] | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: str | Mapping[str, Any] | None = None,
-        timeout: float | None = None,
+        timeout: float | Any | None = None,
         max_retries: int | None = None,
-        extra_headers: Mapping[str, str] | None = None,
+        extra_headers: Mapping[str, Any] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         **kwargs: Any,
-    ) -> ChatCompletionResponse | Stream:
+    ) -> ChatCompletionResponse | Stream[ChatCompletionChunk]:
         """Create a chat completion; with ``stream=True``, a Stream of ChatCompletionChunk.
 
         Every keyword the API knows can be given; those not named here (for
         example ``reasoning_effort``) go into the JSON body unchanged, as does
-        ``extra_body``. ``timeout``, ``max_retries`` and ``extra_headers`` apply
-        to this call only and are never sent in the body.
+        ``extra_body``. ``timeout``, ``max_retries``, ``extra_headers`` and
+        ``extra_query`` apply to this call only and are never sent in the body.
         """
-        _require_str("model", model)
-        _check_messages(messages)
+        arguments = {
+            "model": model, "messages": messages, "max_tokens": max_tokens, "stop": stop, "temperature": temperature,
+            "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty,
+            "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty, "min_p": min_p,
+            "logit_bias": logit_bias, "seed": seed, "stream": stream, "logprobs": logprobs, "echo": echo, "n": n,
+            "safety_model": safety_model, "response_format": response_format, "tools": tools,
+            "tool_choice": tool_choice, "timeout": timeout, "max_retries": max_retries,
+            "extra_headers": extra_headers, "extra_query": extra_query, "extra_body": extra_body, **kwargs,
+        }  # fmt: skip
+        return self._client._execute(self._prepare(arguments))  # type: ignore[no-any-return]
+
+    def parse(
+        self, *, messages: _Messages, model: str, response_format: Any, **params: Unpack[_ChatParams]
+    ) -> ChatCompletionResponse:
+        """Create a chat completion whose answer is parsed into ``response_format``, as openai's ``parse()``.
+
+        ``response_format`` is a pydantic model class (any class with
+        ``model_json_schema()`` and ``model_validate_json()``), sent as a strict
+        ``json_schema``; each ``choice.message.parsed`` is the validated object.
+        A dict response format is sent as it is and ``parsed`` is the decoded JSON.
+        Raises APIResponseValidationError (LengthFinishReasonError,
+        ContentFilterFinishReasonError, RefusalError) when an answer cannot be parsed.
+        """
+        arguments = _parse_arguments(messages, model, response_format, params)
+        completion = self._client._execute(self._prepare(arguments))
+        return _with_parsed(completion, response_format)  # type: ignore[no-any-return]
+
+    def _check(self, arguments: dict[str, Any]) -> None:
+        _require_str("model", arguments["model"])
+        _check_messages(arguments["messages"])
+        tools, tool_choice = arguments.get("tools"), arguments.get("tool_choice")
         if tools is not None and not isinstance(tools, (list, tuple)):
             raise TypeError(f"tools must be a list of tool dicts, not {type(tools).__name__}")
         if tool_choice is not None and not isinstance(tool_choice, (str, dict)):
             raise TypeError(f"tool_choice must be a str or a dict, not {type(tool_choice).__name__}")
-        params = {
-            "max_tokens": max_tokens, "stop": stop, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-            "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
-            "frequency_penalty": frequency_penalty, "min_p": min_p, "logit_bias": logit_bias, "seed": seed,
-            "stream": stream, "logprobs": logprobs, "echo": echo, "n": n, "safety_model": safety_model,
-            "response_format": response_format, "tools": tools, "tool_choice": tool_choice,
-        }  # fmt: skip
-        body = _build_body({"model": model, "messages": messages}, params, {**kwargs, **(extra_body or {})})
-        options = self._client._options(timeout, max_retries, extra_headers)
-        parse = ChatCompletionChunk._parse if stream else ChatCompletionResponse._parse
-        return self._client._post("chat/completions", body, parse, options)  # type: ignore[no-any-return]
+        if _is_model_class(arguments.get("response_format")):
+            raise TypeError("response_format is a class: use chat.completions.parse() for structured output")
+
+
+def _parse_arguments(messages: Any, model: Any, response_format: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``parse()``'s arguments as ``create()`` takes them: the class becomes a json_schema, never a stream."""
+    if params.get("stream"):
+        raise TypeError("parse() does not stream; use create(stream=True)")
+    if _is_model_class(response_format):
+        response_format = _json_schema_format(response_format)
+    elif not isinstance(response_format, dict):
+        raise TypeError("response_format must be a pydantic model class or a dict")
+    return {"model": model, "messages": messages, **params, "response_format": response_format, "stream": False}
 
 
 class Chat:
@@ -2876,12 +3770,26 @@ class Chat:
         self.completions = ChatCompletions(client)
 
 
-class Completions:
+class Completions(_Resource):
     """``client.completions``: text completions."""
 
-    def __init__(self, client: Together) -> None:
-        self._client = client
+    _endpoint = "completions"
+    _required = ("model", "prompt")
+    _result = CompletionResponse
+    _chunk = CompletionChunk
 
+    @overload
+    def create(
+        self, *, model: str, prompt: str, stream: Literal[False] = False, **params: Unpack[_CompletionParams]
+    ) -> CompletionResponse: ...
+    @overload
+    def create(
+        self, *, model: str, prompt: str, stream: Literal[True], **params: Unpack[_CompletionParams]
+    ) -> Stream[CompletionChunk]: ...
+    @overload
+    def create(
+        self, *, model: str, prompt: str, stream: bool, **params: Unpack[_CompletionParams]
+    ) -> CompletionResponse | Stream[CompletionChunk]: ...
     def create(
         self,
         *,
@@ -2903,60 +3811,53 @@ class Completions:
         echo: bool | None = None,
         n: int | None = None,
         safety_model: str | None = None,
-        timeout: float | None = None,
+        timeout: float | Any | None = None,
         max_retries: int | None = None,
-        extra_headers: Mapping[str, str] | None = None,
+        extra_headers: Mapping[str, Any] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         **kwargs: Any,
-    ) -> CompletionResponse | Stream:
+    ) -> CompletionResponse | Stream[CompletionChunk]:
         """Create a text completion; with ``stream=True``, a Stream of CompletionChunk.
 
         Keywords not named here go into the JSON body unchanged, as does
-        ``extra_body``; ``timeout``, ``max_retries`` and ``extra_headers`` apply
-        to this call only.
+        ``extra_body``; ``timeout``, ``max_retries``, ``extra_headers`` and
+        ``extra_query`` apply to this call only.
         """
-        _require_str("model", model)
+        arguments = {
+            "model": model, "prompt": prompt, "max_tokens": max_tokens, "stop": stop, "temperature": temperature,
+            "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty,
+            "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty, "min_p": min_p,
+            "logit_bias": logit_bias, "seed": seed, "stream": stream, "logprobs": logprobs, "echo": echo, "n": n,
+            "safety_model": safety_model, "timeout": timeout, "max_retries": max_retries,
+            "extra_headers": extra_headers, "extra_query": extra_query, "extra_body": extra_body, **kwargs,
+        }  # fmt: skip
+        return self._client._execute(self._prepare(arguments))  # type: ignore[no-any-return]
+
+    def _check(self, arguments: dict[str, Any]) -> None:
+        _require_str("model", arguments["model"])
+        prompt = arguments["prompt"]
         if not isinstance(prompt, str) and not (
             isinstance(prompt, (list, tuple)) and all(isinstance(item, str) for item in prompt)
         ):
             raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
-        params = {
-            "max_tokens": max_tokens, "stop": stop, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-            "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
-            "frequency_penalty": frequency_penalty, "min_p": min_p, "logit_bias": logit_bias, "seed": seed,
-            "stream": stream, "logprobs": logprobs, "echo": echo, "n": n, "safety_model": safety_model,
-        }  # fmt: skip
-        body = _build_body({"model": model, "prompt": prompt}, params, {**kwargs, **(extra_body or {})})
-        options = self._client._options(timeout, max_retries, extra_headers)
-        parse = CompletionChunk._parse if stream else CompletionResponse._parse
-        return self._client._post("completions", body, parse, options)  # type: ignore[no-any-return]
 
 
 # -- Async --------------------------------------------------------------------
 #
 # AsyncTogether runs the sync machinery on its own thread pool, sized for I/O:
 # the event loop's default executor has a handful of workers and would turn a
-# few hundred concurrent calls into waves.
+# few hundred concurrent calls into waves. Arguments are checked on the event
+# loop, before anything is handed to a thread.
 
 _END = object()  # what next() returns at the end; StopIteration cannot cross into a Future
 
 
-def _call_with_cancel(
-    cancel: _Cancel, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Run in a worker thread, with the cancel handle visible to the request it makes."""
-    _CALL_STATE.cancel = cancel
-    try:
-        return function(*args, **kwargs)
-    finally:
-        _CALL_STATE.cancel = None
-
-
 def _close_abandoned(future: concurrent.futures.Future[Any]) -> None:
-    """A cancelled call that still produced a stream: close it."""
+    """A cancelled call that still produced a stream or a response: close it."""
     if not future.cancelled() and future.exception() is None:
         result = future.result()
-        if isinstance(result, Stream):
+        if isinstance(result, (Stream, _Response)):
             result.close()
 
 
@@ -2974,11 +3875,14 @@ class AsyncTogether:
         *,
         api_key: str | None = None,
         base_url: str | None = None,
-        timeout: float | None = None,
+        timeout: float | Any | None = None,
         max_retries: int | None = None,
         supplied_headers: Mapping[str, str] | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, Any] | None = None,
         proxy: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        http_client: Any = None,
         max_workers: int | None = None,
     ) -> None:
         self._sync = Together(
@@ -2987,12 +3891,16 @@ class AsyncTogether:
             timeout=timeout,
             max_retries=max_retries,
             supplied_headers=supplied_headers,
+            default_headers=default_headers,
+            default_query=default_query,
             proxy=proxy,
             ssl_context=ssl_context,
+            http_client=http_client,
         )
         self.max_workers = _as_int("max_workers", max_workers, 1) or DEFAULT_MAX_WORKERS
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
+        self._owns_executor = True
         self.chat = AsyncChat(self)
         self.completions = AsyncCompletions(self)
 
@@ -3005,25 +3913,61 @@ class AsyncTogether:
         return self._sync.base_url
 
     @property
-    def timeout(self) -> float:
+    def timeout(self) -> Any:
         return self._sync.timeout
 
     @property
     def max_retries(self) -> int:
         return self._sync.max_retries
 
+    @property
+    def default_headers(self) -> dict[str, str]:
+        return self._sync.default_headers
+
+    @property
+    def default_query(self) -> dict[str, Any]:
+        return self._sync.default_query
+
+    def copy(self, **options: Any) -> AsyncTogether:
+        """A client like this one with some options changed (also ``with_options``); see ``Together.copy``."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._sync = self._sync.copy(**options)
+        clone._executor = self._pool()  # the copy runs on the same threads
+        clone._executor_lock = threading.Lock()
+        clone._owns_executor = False
+        clone.chat = AsyncChat(clone)
+        clone.completions = AsyncCompletions(clone)
+        return clone
+
+    with_options = copy
+
+    @property
+    def with_raw_response(self) -> _AsyncRawClient:
+        """The client's resources, whose ``create()`` returns the HTTP response (``.headers``, ``await .parse()``)."""
+        return _AsyncRawClient(self, streaming=False)
+
+    @property
+    def with_streaming_response(self) -> _AsyncRawClient:
+        """The client's resources, whose ``create()`` is an ``async with`` over the unread response."""
+        return _AsyncRawClient(self, streaming=True)
+
     def __repr__(self) -> str:
         return _client_repr(self)
 
     async def close(self) -> None:
-        """Stop the thread pool and close the kept-alive connections."""
-        with self._executor_lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False)
+        """Stop the thread pool and close the kept-alive connections (a copy leaves what it shares)."""
+        if self._owns_executor:
+            with self._executor_lock:
+                executor, self._executor = self._executor, None
+            if executor is not None:
+                executor.shutdown(wait=False)
         self._sync.close()
 
     aclose = close
+
+    def is_closed(self) -> bool:
+        return self._sync.is_closed()
 
     async def __aenter__(self) -> AsyncTogether:
         return self
@@ -3044,27 +3988,32 @@ class AsyncTogether:
                 executor = self._executor
         return executor
 
-    async def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _run(self, cancel: _Cancel | None, function: Callable[..., Any], *args: Any) -> Any:
         """Run ``function`` on the pool with this task's contextvars; cancelling the task abandons it."""
         import asyncio
         import contextvars
 
-        cancel = _Cancel()
         context = contextvars.copy_context()
-        future = self._pool().submit(context.run, _call_with_cancel, cancel, function, args, kwargs)
+        future = self._pool().submit(context.run, function, *args)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            cancel.cancel()
+            if cancel is not None:
+                cancel.cancel()
             future.add_done_callback(_close_abandoned)
             raise
 
-    async def _create(self, create: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-        """A sync ``create`` run on the pool; a stream comes back as an AsyncStream."""
-        result = await self._run(create, **kwargs)
+    async def _execute(self, call: _Call) -> Any:
+        """Send a checked call on the pool; a stream comes back as an AsyncStream."""
+        call.cancel = _Cancel()
+        result = await self._run(call.cancel, self._sync._execute, call)
         return AsyncStream(result, self) if isinstance(result, Stream) else result
 
-    async def _next_batch(self, stream: AsyncStream) -> Any:
+    async def _send(self, call: _Call, read_body: bool) -> _Response:
+        call.cancel = _Cancel()
+        return await self._run(call.cancel, self._sync._send, call, read_body)  # type: ignore[no-any-return]
+
+    async def _next_batch(self, stream: AsyncStream[Any]) -> Any:
         """The stream's next chunks, read on the pool; a cancelled read closes the stream, cut off."""
         import asyncio
 
@@ -3080,24 +4029,29 @@ class AsyncTogether:
 AsyncClient = AsyncTogether
 
 
-class AsyncStream:
+class AsyncStream(_Generic[_T]):
     """The chunks of a streamed completion, for ``async for``; ``aclose()`` or ``async with`` releases it."""
 
-    def __init__(self, stream: Stream, client: AsyncTogether) -> None:
+    def __init__(self, stream: Stream[_T], client: AsyncTogether) -> None:
         self.stream = stream
         self._client = client
         self._pending: Iterator[Any] = iter(())
         self._cut_off = False  # a read was cancelled, which closed the stream mid-way
 
     @property
+    def response(self) -> Response:
+        """The HTTP response: ``status_code``, and ``headers`` in any case."""
+        return self.stream.response
+
+    @property
     def headers(self) -> dict[str, str]:
         """The response headers (names in any case: ``stream.headers["X-Request-Id"]``)."""
         return self.stream.headers
 
-    def __aiter__(self) -> AsyncStream:
+    def __aiter__(self) -> AsyncStream[_T]:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> _T:
         chunk = next(self._pending, _END)
         while chunk is _END:
             if self._cut_off:  # ending quietly here would pass a cut-off answer for a whole one
@@ -3107,7 +4061,7 @@ class AsyncStream:
                 raise StopAsyncIteration
             self._pending = iter(batch)
             chunk = next(self._pending, _END)
-        return chunk
+        return chunk  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         """Stop reading and release the connection."""
@@ -3117,23 +4071,220 @@ class AsyncStream:
 
     close = aclose
 
-    async def __aenter__(self) -> AsyncStream:
+    async def __aenter__(self) -> AsyncStream[_T]:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
 
-class AsyncChatCompletions:
+class AsyncAPIResponse(_Generic[_T]):
+    """The async ``APIResponse``: the same attributes; ``parse()``, ``read()``, ``text()``, ``json()`` are awaited."""
+
+    def __init__(self, response: _Response, call: _Call, client: AsyncTogether) -> None:
+        self._sync: APIResponse[_T] = APIResponse(response, call)
+        self._client = client
+        self.http_response = self._sync.http_response
+        self.retries_taken = self._sync.retries_taken
+
+    headers = property(lambda self: self._sync.headers)
+    status_code = property(lambda self: self._sync.status_code)
+    http_request = property(lambda self: self._sync.http_request)
+    url = property(lambda self: self._sync.url)
+    method = property(lambda self: self._sync.method)
+    http_version = property(lambda self: self._sync.http_version)
+    elapsed = property(lambda self: self._sync.elapsed)
+    request_id = property(lambda self: self._sync.request_id)
+    is_closed = property(lambda self: self._sync.is_closed)
+
+    @property
+    def content(self) -> bytes:
+        """The body, once read (``await response.read()``)."""
+        content = self._sync._response.content
+        if content is None:
+            raise RuntimeError("the body has not been read yet: await response.read() first")
+        return content
+
+    async def parse(self, *, to: Any = None) -> _T:
+        result = await self._on_pool(self._sync.parse, to)
+        return AsyncStream(result, self._client) if isinstance(result, Stream) else result  # type: ignore[return-value]
+
+    async def read(self) -> bytes:
+        return await self._on_pool(self._sync.read)  # type: ignore[no-any-return]
+
+    async def text(self) -> str:
+        return str(await self._on_pool(lambda: self._sync.text))
+
+    async def json(self) -> Any:
+        return await self._on_pool(self._sync.json)
+
+    async def close(self) -> None:
+        self._sync.close()
+
+    async def iter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        async for piece in self._iterate(self._sync.iter_bytes()):
+            yield piece
+
+    async def iter_text(self, chunk_size: int | None = None) -> AsyncIterator[str]:
+        async for piece in self._iterate(self._sync.iter_text()):
+            yield piece
+
+    async def iter_lines(self) -> AsyncIterator[str]:
+        async for line in self._iterate(self._sync.iter_lines()):
+            yield line
+
+    async def _iterate(self, iterator: Iterator[Any]) -> AsyncIterator[Any]:
+        try:
+            while True:
+                item = await self._on_pool(next, iterator, _END)
+                if item is _END:
+                    return
+                yield item
+        finally:
+            self._sync.close()
+
+    async def _on_pool(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self._sync._response.content is not None and function is not next:  # read already: nothing can wait
+            return function(*args)
+        return await self._client._run(None, function, *args)
+
+    def __repr__(self) -> str:
+        return repr(self._sync).replace("APIResponse", "AsyncAPIResponse", 1)
+
+
+class _AsyncResponseContextManager:
+    """What the async ``with_streaming_response.create()`` returns: ``async with`` sends and closes."""
+
+    def __init__(self, client: AsyncTogether, call: _Call) -> None:
+        self._client = client
+        self._call = call
+        self._response: AsyncAPIResponse[Any] | None = None
+
+    async def __aenter__(self) -> AsyncAPIResponse[Any]:
+        response = await self._client._send(self._call, False)
+        self._response = AsyncAPIResponse(response, self._call, self._client)
+        return self._response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._response is not None:
+            await self._response.close()
+
+    def __await__(self) -> Generator[Any, None, AsyncAPIResponse[Any]]:
+        return self.__aenter__().__await__()  # awaited instead: the caller closes it
+
+
+class _AsyncRawResource:
+    """The async ``with_raw_response`` / ``with_streaming_response`` of a resource."""
+
+    def __init__(self, resource: _AsyncResource, *, streaming: bool) -> None:
+        self._resource = resource
+        self._streaming = streaming
+
+    def create(self, **arguments: Any) -> Any:
+        """The same arguments as the resource's ``create()``; await it (or ``async with`` it when streaming)."""
+        call = self._resource._sync._prepare(arguments)
+        client = self._resource._client
+        if self._streaming:
+            return _AsyncResponseContextManager(client, call)
+        return self._raw(client, call)
+
+    @staticmethod
+    async def _raw(client: AsyncTogether, call: _Call) -> AsyncAPIResponse[Any]:
+        return AsyncAPIResponse(await client._send(call, True), call, client)
+
+
+class _AsyncRawClient:
+    def __init__(self, client: AsyncTogether, *, streaming: bool) -> None:
+        self.chat = _RawChat(_AsyncRawResource(client.chat.completions, streaming=streaming))  # type: ignore[arg-type]
+        self.completions = _AsyncRawResource(client.completions, streaming=streaming)
+
+
+class _AsyncResource:
+    """An async resource: the sync one's checks, with the call run on the client's pool."""
+
+    def __init__(self, client: AsyncTogether, sync: _Resource) -> None:
+        self._client = client
+        self._sync = sync
+
+    @property
+    def with_raw_response(self) -> _AsyncRawResource:
+        """This resource, with a ``create()`` to await that gives the HTTP response."""
+        return _AsyncRawResource(self, streaming=False)
+
+    @property
+    def with_streaming_response(self) -> _AsyncRawResource:
+        """This resource, with a ``create()`` to ``async with`` over the unread response."""
+        return _AsyncRawResource(self, streaming=True)
+
+
+class AsyncChatCompletions(_AsyncResource):
     """``client.chat.completions`` of AsyncTogether: the same parameters as the sync ``create``."""
 
     def __init__(self, client: AsyncTogether) -> None:
-        self._client = client
+        super().__init__(client, client._sync.chat.completions)
 
-    async def create(self, **kwargs: Any) -> ChatCompletionResponse | AsyncStream:
+    @overload
+    async def create(
+        self, *, messages: _Messages, model: str, stream: Literal[False] = False, **params: Unpack[_ChatParams]
+    ) -> ChatCompletionResponse: ...
+    @overload
+    async def create(
+        self, *, messages: _Messages, model: str, stream: Literal[True], **params: Unpack[_ChatParams]
+    ) -> AsyncStream[ChatCompletionChunk]: ...
+    @overload
+    async def create(
+        self, *, messages: _Messages, model: str, stream: bool, **params: Unpack[_ChatParams]
+    ) -> ChatCompletionResponse | AsyncStream[ChatCompletionChunk]: ...
+    async def create(
+        self,
+        *,
+        messages: _Messages,
+        model: str,
+        max_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        min_p: float | None = None,
+        logit_bias: Mapping[str, float] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        logprobs: int | None = None,
+        echo: bool | None = None,
+        n: int | None = None,
+        safety_model: str | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        timeout: float | Any | None = None,
+        max_retries: int | None = None,
+        extra_headers: Mapping[str, Any] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ChatCompletionResponse | AsyncStream[ChatCompletionChunk]:
         """Create a chat completion; see ``ChatCompletions.create`` for the parameters."""
-        create = self._client._sync.chat.completions.create
-        return await self._client._create(create, kwargs)  # type: ignore[no-any-return]
+        arguments = {
+            "model": model, "messages": messages, "max_tokens": max_tokens, "stop": stop, "temperature": temperature,
+            "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty,
+            "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty, "min_p": min_p,
+            "logit_bias": logit_bias, "seed": seed, "stream": stream, "logprobs": logprobs, "echo": echo, "n": n,
+            "safety_model": safety_model, "response_format": response_format, "tools": tools,
+            "tool_choice": tool_choice, "timeout": timeout, "max_retries": max_retries,
+            "extra_headers": extra_headers, "extra_query": extra_query, "extra_body": extra_body, **kwargs,
+        }  # fmt: skip
+        return await self._client._execute(self._sync._prepare(arguments))  # type: ignore[no-any-return]
+
+    async def parse(
+        self, *, messages: _Messages, model: str, response_format: Any, **params: Unpack[_ChatParams]
+    ) -> ChatCompletionResponse:
+        """Create a chat completion parsed into ``response_format``; see ``ChatCompletions.parse``."""
+        arguments = _parse_arguments(messages, model, response_format, params)
+        completion = await self._client._execute(self._sync._prepare(arguments))
+        return _with_parsed(completion, response_format)  # type: ignore[no-any-return]
 
 
 class AsyncChat:
@@ -3143,16 +4294,62 @@ class AsyncChat:
         self.completions = AsyncChatCompletions(client)
 
 
-class AsyncCompletions:
+class AsyncCompletions(_AsyncResource):
     """``client.completions`` of AsyncTogether: the same parameters as the sync ``create``."""
 
     def __init__(self, client: AsyncTogether) -> None:
-        self._client = client
+        super().__init__(client, client._sync.completions)
 
-    async def create(self, **kwargs: Any) -> CompletionResponse | AsyncStream:
+    @overload
+    async def create(
+        self, *, model: str, prompt: str, stream: Literal[False] = False, **params: Unpack[_CompletionParams]
+    ) -> CompletionResponse: ...
+    @overload
+    async def create(
+        self, *, model: str, prompt: str, stream: Literal[True], **params: Unpack[_CompletionParams]
+    ) -> AsyncStream[CompletionChunk]: ...
+    @overload
+    async def create(
+        self, *, model: str, prompt: str, stream: bool, **params: Unpack[_CompletionParams]
+    ) -> CompletionResponse | AsyncStream[CompletionChunk]: ...
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: str,
+        max_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        min_p: float | None = None,
+        logit_bias: Mapping[str, float] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        logprobs: int | None = None,
+        echo: bool | None = None,
+        n: int | None = None,
+        safety_model: str | None = None,
+        timeout: float | Any | None = None,
+        max_retries: int | None = None,
+        extra_headers: Mapping[str, Any] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> CompletionResponse | AsyncStream[CompletionChunk]:
         """Create a text completion; see ``Completions.create`` for the parameters."""
-        return await self._client._create(self._client._sync.completions.create, kwargs)  # type: ignore[no-any-return]
-
+        arguments = {
+            "model": model, "prompt": prompt, "max_tokens": max_tokens, "stop": stop, "temperature": temperature,
+            "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty,
+            "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty, "min_p": min_p,
+            "logit_bias": logit_bias, "seed": seed, "stream": stream, "logprobs": logprobs, "echo": echo, "n": n,
+            "safety_model": safety_model, "timeout": timeout, "max_retries": max_retries,
+            "extra_headers": extra_headers, "extra_query": extra_query, "extra_body": extra_body, **kwargs,
+        }  # fmt: skip
+        return await self._client._execute(self._sync._prepare(arguments))  # type: ignore[no-any-return]
 
 
 # -- Multimodal helpers -------------------------------------------------------
@@ -3375,11 +4572,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-# The v1 SDK's ``together.error`` and ``together.types`` modules, for code that imports
-# from them: ``from together_lite.error import RateLimitError`` works too.
-error = types = sys.modules[__name__]
-sys.modules.setdefault(f"{__name__}.error", error)
-sys.modules.setdefault(f"{__name__}.types", types)
+# -- Module paths -------------------------------------------------------------
+#
+# The SDKs' module paths, for code that imports from them: the v1 SDK's
+# ``together.error`` and ``together.types.chat_completions``, together 3.x's
+# ``together.types.chat`` and the rest. Each is a view of the classes above.
+
+
+def _module(name: str, names: Mapping[str, Any]) -> Any:
+    """A module ``together_lite.<name>`` holding ``names``, importable by its dotted path."""
+    module = type(sys)(f"{__name__}.{name}")
+    module.__dict__.update(names)
+    return sys.modules.setdefault(module.__name__, module)
+
+
+def _module_paths() -> Any:
+    """Register the module paths; returns ``together_lite.types``."""
+    this = sys.modules[__name__]
+    public = {name: getattr(this, name) for name in __all__}
+    message_param: Any = dict  # the request TypedDicts of the SDKs: plain dicts here
+    params = {
+        name: message_param
+        for name in (
+            "ChatCompletionMessageParam", "ChatCompletionSystemMessageParam", "ChatCompletionUserMessageParam",
+            "ChatCompletionAssistantMessageParam", "ChatCompletionToolMessageParam", "ChatCompletionToolParam",
+            "CompletionCreateParams", "ToolsParam", "ToolChoiceParam",
+        )
+    }  # fmt: skip
+    chat_names = {
+        "ChatCompletion": ChatCompletionResponse, "ChatCompletionChunk": ChatCompletionChunk,
+        "ChatCompletionMessage": ChatMessage, "ChatCompletionUsage": Usage, "ChatCompletionWarning": InferenceWarning,
+        "ChatCompletionPromptItem": PromptPart, "ChatCompletionMessageToolCall": ToolCall, **params,
+    }  # fmt: skip
+    views = {
+        "chat.chat_completion": {"ChatCompletion": ChatCompletionResponse, "Choice": ChatChoice},
+        "chat.chat_completion_chunk": {"ChatCompletionChunk": ChatCompletionChunk, "Choice": ChatChoiceDelta,
+                                       "ChoiceDelta": ChatDelta},
+        "chat.chat_completion_message": {"ChatCompletionMessage": ChatMessage},
+        "chat.chat_completion_usage": {"ChatCompletionUsage": Usage},
+        "chat.chat_completion_warning": {"ChatCompletionWarning": InferenceWarning},
+        "completion": {"Completion": CompletionResponse, "Choice": CompletionChoice},
+        "completion_chunk": {"CompletionChunk": CompletionChunk, "Choice": CompletionChoiceDelta,
+                             "ChoiceDelta": ChatDelta, "Token": CompletionToken},
+        "log_probs": {"LogProbs": Logprobs},
+        "tool_choice": {"ToolChoice": ToolCall, "Function": FunctionCall},
+    }  # fmt: skip
+    types_module = _module("types", {**public, **params, "Completion": CompletionResponse, "LogProbs": Logprobs,
+                                     "ToolChoice": ToolCall, "ChatCompletion": ChatCompletionResponse})  # fmt: skip
+    chat = _module("types.chat", chat_names)
+    types_module.chat = chat
+    for name, names in views.items():
+        parent, _, leaf = name.rpartition(".")
+        setattr(chat if parent else types_module, leaf, _module(f"types.{name}", names))
+    for v1_name in ("chat_completions", "completions", "common"):  # the v1 SDK's, whose names are all here
+        setattr(types_module, v1_name, sys.modules.setdefault(f"{__name__}.types.{v1_name}", this))
+    return types_module
+
+
+error = sys.modules.setdefault(f"{__name__}.error", sys.modules[__name__])
+types = _module_paths()
 
 _configure_logging(os.environ.get("TOGETHER_LOG"))
 

@@ -8909,6 +8909,510 @@ def test_an_unsupported_transfer_coding_is_named(hard_raw: Any) -> None:
         reuse_call(hard_client(server.url))
 
 
+# -- Coming from together 3.x or the openai SDK ---------------------------------------------------
+#
+# Each test is written the way those SDKs' READMEs write the same thing, with only the import changed.
+
+MODERN_HEADERS = {"x-request-id": "req_123", "x-ratelimit-remaining-requests": "59"}
+
+
+def modern_client(server: Server, **options: Any) -> tl.Together:
+    options.setdefault("api_key", "test-key")
+    options.setdefault("max_retries", 0)
+    return tl.Together(base_url=server.url, **options)
+
+
+def test_with_options_overrides_per_request_and_shares_the_connections(server: Server) -> None:
+    server.reply(Reply(500, {"error": {"message": "boom"}}), Reply(200, CHAT_RESPONSE))
+    client = modern_client(server, max_retries=3)
+    with pytest.raises(tl.InternalServerError):
+        client.with_options(max_retries=0, timeout=5).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert len(server.requests) == 1  # no retry on the copy
+    chat(client)
+    assert len(server.connections) == 1  # the copy's connection went back to the shared pool
+    assert (client.max_retries, client.copy(timeout=7).timeout) == (3, 7.0)
+
+
+def test_closing_a_copy_leaves_the_original_working_on_its_connections(server: Server) -> None:
+    client = modern_client(server)
+    chat(client)
+    with client.with_options(max_retries=1) as copy:
+        chat(copy)
+    chat(client)
+    assert len(server.connections) == 1
+
+
+def test_with_options_adds_or_replaces_default_headers(server: Server) -> None:
+    client = modern_client(server, default_headers={"X-A": "1", "X-B": "2"})
+    chat(client.with_options(default_headers={"X-B": "3"}))
+    chat(client.with_options(set_default_headers={"X-C": "4"}))
+    first, second = (request.headers for request in server.requests)
+    assert (first["x-a"], first["x-b"]) == ("1", "3")
+    assert "x-a" not in second and second["x-c"] == "4"
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        client.with_options(default_headers={}, set_default_headers={})
+
+
+def test_an_http_client_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="http_client"):
+        tl.Together(api_key="k", http_client=object())
+
+
+def test_with_raw_response_gives_headers_status_request_and_parse(server: Server) -> None:
+    server.reply(Reply(200, CHAT_RESPONSE, headers=MODERN_HEADERS))
+    client = modern_client(server)
+    response = client.chat.completions.with_raw_response.create(
+        messages=[{"role": "user", "content": "Say this is a test"}], model="m"
+    )
+    print(response.headers.get("X-Ratelimit-Remaining-Requests"))
+    completion = response.parse()  # get the object that `chat.completions.create()` would have returned
+    assert completion.choices[0].message.content == "Hello there."
+    assert completion is response.parse()
+    assert response.headers["X-RateLimit-Remaining-Requests"] == "59"
+    assert (response.status_code, response.request_id, response.retries_taken) == (200, "req_123", 0)
+    assert (response.http_request.method, response.http_request.url) == ("POST", server.url + "/chat/completions")
+    assert response.text == response.text() == json.dumps(CHAT_RESPONSE)
+    assert response.json() == CHAT_RESPONSE and response.content == json.dumps(CHAT_RESPONSE).encode()
+    assert response.is_closed and "test-key" not in repr(vars(response.http_request))
+
+
+def test_with_raw_response_on_completions_the_client_and_a_stream(server: Server) -> None:
+    server.reply(
+        Reply(200, COMPLETION_RESPONSE, headers=MODERN_HEADERS),
+        Reply(chunks=sse(chunk("Hel"), chunk("lo", finish="stop")), headers=MODERN_HEADERS),
+    )
+    client = modern_client(server)
+    completion = client.with_raw_response.completions.create(model="m", prompt="def").parse()
+    assert completion.choices[0].text == " return n"
+    response = client.chat.completions.with_raw_response.create(model="m", messages=[], stream=True)
+    assert response.headers["x-request-id"] == "req_123"
+    stream = response.parse()
+    assert isinstance(stream, tl.Stream)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == "Hello"
+
+
+def test_with_streaming_response_reads_nothing_until_asked(server: Server) -> None:
+    release = threading.Event()
+
+    def slow_stream(handler: Handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.send_header("X-Request-Id", "req_9")
+        handler.end_headers()
+        handler.wfile.flush()
+        release.wait(5)  # the body comes only once the test has looked at the headers
+        for piece in sse(chunk("Hi"), chunk(finish="stop")):
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        handler.wfile.write(b"0\r\n\r\n")
+
+    server.reply(slow_stream)
+    client = modern_client(server, timeout=5)
+    with client.chat.completions.with_streaming_response.create(
+        messages=[{"role": "user", "content": "Say this is a test"}], model="m", stream=True
+    ) as response:
+        assert (response.headers.get("X-Request-ID"), response.status_code) == ("req_9", 200)
+        assert not response.is_closed
+        release.set()
+        lines = list(response.iter_lines())
+    assert lines[0].startswith("data: {") and lines[-2:] == ["data: [DONE]", ""]
+    assert response.is_closed
+
+
+def test_with_streaming_response_parse_gives_the_result(server: Server) -> None:
+    client = modern_client(server)
+    with client.chat.completions.with_streaming_response.create(model="m", messages=[]) as response:
+        assert response.parse().choices[0].message.content == "Hello there."
+    server.reply(Reply(chunks=sse(chunk("a"), chunk("b", finish="stop"))))
+    with client.chat.completions.with_streaming_response.create(model="m", messages=[], stream=True) as response:
+        assert "".join(c.choices[0].delta.content or "" for c in response.parse()) == "ab"
+
+
+def test_async_raw_and_streaming_responses(aio_server: Server) -> None:
+    aio_server.reply(
+        Reply(200, CHAT_RESPONSE, headers=MODERN_HEADERS),
+        Reply(chunks=sse(chunk("Hel"), chunk("lo", finish="stop")), headers=MODERN_HEADERS),
+        Reply(200, COMPLETION_RESPONSE),
+    )
+
+    async def main() -> Tuple[str, List[str], str]:
+        async with tl.AsyncTogether(api_key="k", base_url=aio_server.url) as client:
+            response = await client.chat.completions.with_raw_response.create(model="m", messages=[])
+            assert response.headers.get("x-request-id") == "req_123"
+            completion = await response.parse()
+            async with client.chat.completions.with_streaming_response.create(
+                model="m", messages=[], stream=True
+            ) as streamed:
+                assert streamed.status_code == 200
+                lines = [line async for line in streamed.iter_lines()]
+            text = await (await client.with_raw_response.completions.create(model="m", prompt="p")).text()
+            return completion.choices[0].message.content, lines, text
+
+    content, lines, text = aio_run(main())
+    assert content == "Hello there."
+    assert "data: [DONE]" in lines and json.loads(text) == COMPLETION_RESPONSE
+
+
+def test_an_api_error_carries_the_response_and_the_request_as_the_sdks_print_them(server: Server) -> None:
+    server.reply(Reply(404, {"error": {"message": "Unable to access model x.", "code": "model_not_found"}}, headers=MODERN_HEADERS))
+    client = modern_client(server, api_key="sk-secret-key-1")
+    try:
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
+    except tl.APIStatusError as e:
+        print("Another non-200-range status code was received")
+        print(e.status_code)
+        print(e.response)
+        error = e
+    assert str(error) == "Error code: 404 - Unable to access model x."  # the v1 format
+    assert (error.response.status_code, error.response.headers["X-Request-Id"]) == (404, "req_123")
+    assert error.response.json()["error"]["code"] == "model_not_found" and "Unable" in error.response.text
+    assert error.response.request is error.request and repr(error.response) == "<Response [404 Not Found]>"
+    assert (error.request.method, error.request.url) == ("POST", server.url + "/chat/completions")
+    assert "sk-secret-key-1" not in repr(vars(error.request)) + repr(error.request.headers)
+    assert error.code == "model_not_found" and error.request_id == "req_123"
+
+
+def test_a_connection_error_carries_the_request(server: Server) -> None:
+    client = tl.Together(api_key="k", base_url=f"http://127.0.0.1:{hard_free_port()}/v1", max_retries=0)
+    try:
+        client.chat.completions.create(model="m", messages=[])
+    except tl.APIConnectionError as e:
+        print("The server could not be reached")
+        print(e.__cause__)  # an underlying Exception, likely raised within the transport
+        error = e
+    assert error.request is not None and error.request.url.endswith("/chat/completions")
+
+
+def test_errors_can_be_built_the_way_the_modern_sdks_build_them() -> None:
+    request = tl.Request("POST", "https://api.together.xyz/v1/chat/completions")
+    response = tl.Response(429, {"x-request-id": "r9", "Retry-After": "1"}, content=b"{}", request=request)
+    error = tl.RateLimitError("slow down", response=response, body={"error": {"code": "rate_limited"}})
+    assert (error.status_code, error.request_id, error.code, error.request) == (429, "r9", "rate_limited", request)
+    assert error.headers["retry-after"] == "1" and isinstance(error, tl.APIStatusError)
+    status = tl.APIStatusError("boom", response=tl.Response(502), body=None)
+    assert (status.status_code, str(status), status.body) == (502, "boom", None)
+    connection = tl.APIConnectionError(request=request)
+    assert (str(connection), connection.request) == ("Connection error.", request)
+    for timeout in (tl.APITimeoutError(request=request), tl.APITimeoutError(request)):
+        assert (str(timeout), timeout.request) == ("Request timed out.", request)
+    v1 = tl.TogetherException("v1 style", {"x-request-id": "r1"}, None, 500)
+    assert (v1.status_code, v1.http_status, v1.request_id) == (500, 500, "r1")
+    assert pickle.loads(pickle.dumps(error)).status_code == 429
+
+
+def test_a_stream_has_its_response_with_headers_in_any_case(server: Server, aio_server: Server) -> None:
+    server.reply(Reply(chunks=sse(chunk("x"), chunk(finish="stop")), headers=MODERN_HEADERS))
+    stream = chat(modern_client(server), stream=True)
+    assert (stream.response.status_code, stream.response.headers["X-Request-ID"]) == (200, "req_123")
+    stream.close()
+
+    async def main() -> Tuple[int, str]:
+        async with tl.AsyncTogether(api_key="k", base_url=aio_server.url) as client:
+            aio_server.reply(Reply(chunks=sse(chunk("x"), chunk(finish="stop")), headers=MODERN_HEADERS))
+            async with await client.chat.completions.create(model="m", messages=[], stream=True) as astream:
+                return astream.response.status_code, astream.response.headers["X-Ratelimit-Remaining-Requests"]
+
+    assert aio_run(main()) == (200, "59")
+
+
+def test_together_base_url_as_a_bare_origin_gets_v1_and_a_path_is_kept(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin = server.url[: -len("/v1")]
+    monkeypatch.setenv("TOGETHER_BASE_URL", origin)
+    chat(tl.Together(api_key="k"))
+    chat(tl.Together(api_key="k", base_url=origin + "/custom/api"))
+    chat(tl.Together(api_key="k", base_url=origin + "/v1?api-version=2"))
+    assert [request.path for request in server.requests] == [
+        "/v1/chat/completions",
+        "/custom/api/chat/completions",
+        "/v1/chat/completions?api-version=2",
+    ]
+
+
+def test_default_headers_and_together_custom_headers(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOGETHER_CUSTOM_HEADERS", "X-Team: search\n\n  X-Env :  prod  \nX-Both: env")
+    client = modern_client(server, default_headers={"X-Both": "argument"}, supplied_headers={"X-V1": "yes"})
+    chat(client)
+    headers = server.requests[0].headers
+    assert (headers["x-team"], headers["x-env"], headers["x-both"], headers["x-v1"]) == ("search", "prod", "argument", "yes")
+    monkeypatch.setenv("TOGETHER_CUSTOM_HEADERS", "X-Team search")
+    with pytest.raises(ValueError, match="TOGETHER_CUSTOM_HEADERS line 1"):
+        modern_client(server)
+
+
+def test_default_query_and_extra_query_go_in_the_url_never_the_body(server: Server) -> None:
+    client = modern_client(server, default_query={"a": "1", "b": "2"})
+    chat(client, extra_query={"b": "3", "c": "x y"})
+    request = server.requests[0]
+    assert request.path == "/v1/chat/completions?a=1&b=3&c=x+y"
+    assert "extra_query" not in request.json
+
+
+def test_a_timeout_object_sets_connect_read_and_write_by_duck_typing(server: Server) -> None:
+    class Timeout:  # what httpx.Timeout(10.0, read=0.2) offers; httpx itself is never imported
+        connect, read, write, pool = 10.0, 0.2, 10.0, 10.0
+
+    server.reply(Reply(200, CHAT_RESPONSE, delay=0.6))
+    client = modern_client(server, timeout=Timeout())
+    with pytest.raises(tl.APITimeoutError):
+        chat(client)
+    assert client.timeout.__class__ is Timeout
+    server.reply(Reply(200, CHAT_RESPONSE, delay=0.4))
+    assert chat(client, timeout=5).choices[0].message.content == "Hello there."
+
+
+def test_to_dict_and_to_json_leave_out_what_the_server_did_not_send(server: Server) -> None:
+    server.reply(Reply(200, CHAT_RESPONSE, headers=MODERN_HEADERS))
+    completion = chat(modern_client(server))
+    data = completion.to_dict()
+    assert data == CHAT_RESPONSE
+    assert "refusal" not in data["choices"][0]["message"]
+    assert completion.to_dict(exclude_unset=False)["choices"][0]["message"]["refusal"] is None
+    assert json.loads(completion.to_json()) == CHAT_RESPONSE and completion.to_json().startswith('{\n  "id"')
+    assert completion.to_json(indent=None).startswith('{"id":"chat-1",')
+    assert completion.model_fields_set == set(CHAT_RESPONSE)
+    assert completion._request_id == "req_123" and completion.choices[0]._request_id is None
+    assert "_request_id" not in completion.to_dict() and "req_123" not in repr(completion)
+
+
+def test_every_field_the_sdks_declare_reads_none_when_absent(server: Server) -> None:
+    server.reply(Reply(chunks=sse(chunk("x"), chunk(finish="stop"))))
+    first = next(iter(chat(modern_client(server), stream=True)))
+    assert first.choices[0].top_logprobs is None and first.choices[0].delta.refusal is None
+    assert first.service_tier is None and first.system_fingerprint is None
+    completion = chat(modern_client(server))
+    message = completion.choices[0].message
+    assert (message.refusal, message.annotations, message.audio, message.function_call) == (None, None, None, None)
+    assert (completion.service_tier, completion.usage.prompt_tokens_details) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "path, names",
+    [
+        ("together_lite.types.chat_completions", ["ChatCompletionResponse", "ChatCompletionChunk", "MessageRole", "ChatCompletionMessage"]),
+        ("together_lite.types.completions", ["CompletionResponse", "CompletionChunk", "CompletionChoicesData"]),
+        ("together_lite.types.common", ["FinishReason", "UsageData", "ObjectType", "LogprobsPart"]),
+        ("together_lite.types.chat", ["ChatCompletion", "ChatCompletionChunk", "ChatCompletionMessage", "ChatCompletionUsage", "ChatCompletionMessageParam"]),
+        ("together_lite.types.chat.chat_completion", ["ChatCompletion", "Choice"]),
+        ("together_lite.types.chat.chat_completion_chunk", ["ChatCompletionChunk", "Choice", "ChoiceDelta"]),
+        ("together_lite.types.completion", ["Completion", "Choice"]),
+        ("together_lite.types.completion_chunk", ["CompletionChunk", "Choice", "Token"]),
+        ("together_lite.types", ["Completion", "CompletionChunk", "LogProbs", "ToolChoice", "ChatCompletionResponse"]),
+        ("together_lite.types.log_probs", ["LogProbs"]),
+        ("together_lite.types.tool_choice", ["ToolChoice", "Function"]),
+    ],
+)
+def test_the_sdks_module_paths_import_with_their_names(path: str, names: List[str]) -> None:
+    import importlib
+
+    module = importlib.import_module(path)
+    assert all(getattr(module, name) is not None for name in names)
+
+
+def test_the_3x_types_are_the_classes_results_are_made_of(server: Server) -> None:
+    from together_lite.types.chat import ChatCompletion
+    from together_lite.types.chat.chat_completion import Choice
+    from together_lite.types.chat.chat_completion_chunk import ChatCompletionChunk, ChoiceDelta
+    from together_lite.types.completion import Completion
+
+    completion = chat(modern_client(server))
+    assert isinstance(completion, ChatCompletion) and isinstance(completion.choices[0], Choice)
+    assert ChatCompletionChunk is tl.ChatCompletionChunk and ChoiceDelta is tl.ChatDelta
+    assert Completion is tl.CompletionResponse
+    assert tl.types.chat.chat_completion.Choice is Choice
+
+
+def test_not_given_and_omit_mean_not_sent(server: Server) -> None:
+    from together_lite import NOT_GIVEN, omit
+
+    client = modern_client(server, default_headers={"X-Drop": "me"})
+    client.chat.completions.create(
+        model="m", messages=[], temperature=NOT_GIVEN, max_tokens=omit, timeout=NOT_GIVEN, max_retries=NOT_GIVEN,
+        extra_headers={"X-Drop": omit}, reasoning_effort=tl.not_given,
+    )  # fmt: skip
+    request = server.requests[0]
+    assert set(request.json) == {"model", "messages"} and "x-drop" not in request.headers
+    assert (repr(NOT_GIVEN), bool(NOT_GIVEN), repr(omit), bool(omit)) == ("NOT_GIVEN", False, "omit", False)
+
+
+class ParsedPerson:
+    """A stand-in for a pydantic model: the two class methods parse() reads, and nothing of pydantic."""
+
+    def __init__(self, name: str, age: Optional[int]) -> None:
+        self.name, self.age = name, age
+
+    @classmethod
+    def model_json_schema(cls) -> Dict[str, Any]:
+        return {
+            "title": "ParsedPerson",
+            "type": "object",
+            "properties": {
+                "name": {"title": "Name", "type": "string"},
+                "age": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None, "title": "Age"},
+            },
+            "required": ["name"],
+        }
+
+    @classmethod
+    def model_validate_json(cls, text: str) -> "ParsedPerson":
+        data = json.loads(text)
+        if not isinstance(data.get("name"), str):
+            raise ValueError("1 validation error for ParsedPerson: name Field required")
+        return cls(data["name"], data.get("age"))
+
+
+def parsed_reply(content: Optional[str], **message: Any) -> Reply:
+    body = json.loads(json.dumps(CHAT_RESPONSE))
+    body["choices"][0]["message"].update(content=content, **message)
+    body["choices"][0]["finish_reason"] = message.pop("finish", "stop")
+    return Reply(200, body)
+
+
+def test_parse_sends_a_strict_json_schema_and_gives_the_parsed_object(server: Server) -> None:
+    server.reply(parsed_reply('{"name": "Ada", "age": 36}'))
+    completion = modern_client(server).chat.completions.parse(
+        model="m", messages=[{"role": "user", "content": "Who wrote the first program?"}], response_format=ParsedPerson
+    )
+    person = completion.choices[0].message.parsed
+    assert isinstance(person, ParsedPerson) and (person.name, person.age) == ("Ada", 36)
+    sent = server.requests[0].json["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["name"] == "ParsedPerson"
+    schema = sent["json_schema"]["schema"]
+    assert schema["required"] == ["name", "age"] and schema["additionalProperties"] is False
+    assert "default" not in schema["properties"]["age"] and sent["json_schema"]["strict"] is True
+    assert "stream" not in server.requests[0].json
+
+
+@pytest.mark.parametrize(
+    "reply, error, words",
+    [
+        (parsed_reply('{"age": 3}'), tl.APIResponseValidationError, "does not fit"),
+        (parsed_reply("not json at all"), tl.APIResponseValidationError, "does not fit"),
+        (parsed_reply(None, refusal="I can't help with that."), tl.RefusalError, "refused: I can't help"),
+        (parsed_reply('{"name": "A', finish="length"), tl.LengthFinishReasonError, "length limit"),
+    ],
+)
+def test_parse_raises_a_clear_error_when_the_answer_cannot_be_parsed(
+    server: Server, reply: Reply, error: type, words: str
+) -> None:
+    server.reply(reply)
+    with pytest.raises(error, match=words) as info:
+        modern_client(server).chat.completions.parse(model="m", messages=[], response_format=ParsedPerson)
+    assert isinstance(info.value, tl.APIError) and info.value.completion is not None
+
+
+def test_parse_takes_a_dict_response_format_and_async(aio_server: Server) -> None:
+    aio_server.reply(parsed_reply('{"name": "Ada"}'), parsed_reply('{"name": "Grace"}'))
+
+    async def main() -> Tuple[Any, Any]:
+        async with tl.AsyncTogether(api_key="k", base_url=aio_server.url) as client:
+            plain = await client.chat.completions.parse(
+                model="m", messages=[], response_format={"type": "json_object"}
+            )
+            typed = await client.chat.completions.parse(model="m", messages=[], response_format=ParsedPerson)
+            return plain.choices[0].message.parsed, typed.choices[0].message.parsed
+
+    plain, typed = aio_run(main())
+    assert plain == {"name": "Ada"} and typed.name == "Grace"
+
+
+def test_a_model_class_given_to_create_points_at_parse(server: Server) -> None:
+    with pytest.raises(TypeError, match="parse()"):
+        chat(modern_client(server), response_format=ParsedPerson)
+    assert server.requests == []
+
+
+def test_the_async_create_has_the_full_keyword_signature() -> None:
+    import inspect
+
+    for sync, aio in [
+        (tl.ChatCompletions.create, tl.AsyncChatCompletions.create),
+        (tl.Completions.create, tl.AsyncCompletions.create),
+    ]:
+        assert list(inspect.signature(aio).parameters) == list(inspect.signature(sync).parameters)
+    assert "temperature" in inspect.signature(tl.AsyncChatCompletions.create).parameters
+
+
+TYPED_PROGRAM = '''
+import asyncio
+
+from together_lite import AsyncTogether, Together
+
+client = Together()
+response = client.chat.completions.create(
+    model="meta-llama/Llama-3.2-3B-Instruct-Turbo",
+    messages=[{"role": "user", "content": "Explain quantum computing in simple terms."}],
+    max_tokens=300,
+    temperature=0.7,
+)
+print(response.choices[0].message.content)
+print(response.usage.total_tokens)
+
+stream = client.chat.completions.create(
+    model="meta-llama/Llama-3.2-3B-Instruct-Turbo",
+    messages=[{"role": "user", "content": "Write a short story about AI"}],
+    stream=True,
+)
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        print(chunk.choices[0].delta.content, end="", flush=True)
+
+completion = client.completions.create(model="m", prompt="The capital of France is", max_tokens=5)
+text: str = completion.choices[0].text
+raw = client.chat.completions.with_raw_response.create(model="m", messages=[])
+print(raw.headers.get("x-request-id"), raw.parse())
+
+
+async def main() -> None:
+    async with AsyncTogether() as aclient:
+        responses = await asyncio.gather(
+            *[aclient.chat.completions.create(model="m", messages=[{"role": "user", "content": q}]) for q in "ab"]
+        )
+        for answer in responses:
+            print(answer.choices[0].message.content)
+        astream = await aclient.chat.completions.create(model="m", messages=[], stream=True)
+        async for piece in astream:
+            print(piece.choices[0].delta.content or "", end="", flush=True)
+
+
+asyncio.run(main())
+'''
+
+MISSPELT_PROGRAM = '''
+from together_lite import AsyncTogether, Together
+
+
+def sync_call() -> None:
+    Together().chat.completions.create(model="m", messages=[], temprature=0.5)
+
+
+async def async_call() -> None:
+    await AsyncTogether().completions.create(model="m", prompt="p", max_token=5)
+'''
+
+
+def typing_check(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, program: str) -> Tuple[str, int]:
+    api = pytest.importorskip("mypy.api", reason="mypy is not installed (CI installs it for this check)")
+    (tmp_path / "program.py").write_text(program)
+    monkeypatch.setenv("MYPYPATH", os.path.dirname(os.path.abspath(tl.__file__)))
+    out, err, status = api.run(["--strict", "--cache-dir", str(tmp_path / "cache"), str(tmp_path / "program.py")])
+    return out + err, status
+
+
+def test_a_typed_program_passes_mypy_strict_without_a_cast(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    output, status = typing_check(tmp_path, monkeypatch, TYPED_PROGRAM)
+    assert status == 0, output
+
+
+def test_a_misspelt_keyword_is_a_type_error_sync_and_async(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    output, status = typing_check(tmp_path, monkeypatch, MISSPELT_PROGRAM)
+    assert status == 1
+    assert 'Unexpected keyword argument "temprature"' in output and 'Unexpected keyword argument "max_token"' in output
+
+
 # -- Review findings: each of these failed before its fix ---------------------
 
 

@@ -18,6 +18,7 @@ Streaming (``stream=True``), ``AsyncTogether``, tools, JSON mode, logprobs,
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -326,13 +327,13 @@ class TogetherException(Exception):
     ) -> None:
         if isinstance(request, dict) and headers is None:  # the v1 order: (message, headers, ...)
             request, headers = None, request
-        message = "" if message is None else str(message)
-        super().__init__(message)
+        text = "" if message is None else str(message)
+        super().__init__(text)
         if response is not None:
             headers = response.headers if headers is None else headers
             status_code = response.status_code if status_code is None else status_code
             request = response.request if request is None else request
-        self.message = message
+        self.message = text
         self.request: Request | None = request
         self.response = response
         self.status_code = http_status if status_code is None else status_code
@@ -790,6 +791,11 @@ def _field_names(names: Any, option: str) -> Collection[str]:
     return names  # type: ignore[no-any-return]
 
 
+# The default of fields the API always sends, typed as sent (``response.choices[0]`` needs no
+# None check in typed code); a result built from a body without them still reads None there.
+_DECLARED: Any = None
+
+
 def _as_float(value: Any) -> Any:
     """A JSON integer as a float (log probabilities print as 0.0, as in the SDK); anything else unchanged."""
     return float(value) if type(value) is int else value
@@ -812,8 +818,8 @@ def _list_of(model: type[_Model]) -> Callable[[Any], Any]:
 class FunctionCall(_Model):
     """The function a tool call invokes; ``arguments`` is a JSON string."""
 
-    name: str | None = None
-    arguments: str | None = None
+    name: str = _DECLARED
+    arguments: str = _DECLARED
 
 
 @dataclass(init=False, repr=False, eq=False)
@@ -822,7 +828,7 @@ class ToolCall(_Model):
 
     id: str | None = None
     type: str | None = None
-    function: FunctionCall | None = None
+    function: FunctionCall = _DECLARED
     index: int | None = None
 
 
@@ -830,9 +836,9 @@ class ToolCall(_Model):
 class Usage(_Model):
     """Token counts of a request."""
 
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
+    prompt_tokens: int = _DECLARED
+    completion_tokens: int = _DECLARED
+    total_tokens: int = _DECLARED
     prompt_tokens_details: Any = None
     completion_tokens_details: Any = None
 
@@ -869,7 +875,7 @@ class InferenceWarning(_Model):
 class ChatMessage(_Model):
     """The assistant's message in a chat completion."""
 
-    role: str | None = None
+    role: str = _DECLARED
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
     reasoning: str | None = None
@@ -884,8 +890,8 @@ class ChatMessage(_Model):
 class ChatChoice(_Model):
     """One choice of a chat completion."""
 
-    index: int | None = None
-    message: ChatMessage | None = None
+    index: int = _DECLARED
+    message: ChatMessage = _DECLARED
     finish_reason: str | None = None
     logprobs: Logprobs | None = None
     seed: int | None = None
@@ -897,12 +903,12 @@ class ChatChoice(_Model):
 class ChatCompletionResponse(_Model):
     """The result of ``client.chat.completions.create(...)``."""
 
-    id: str | None = None
-    object: str | None = None
-    created: int | None = None
-    model: str | None = None
-    choices: list[ChatChoice] | None = None
-    usage: Usage | None = None
+    id: str = _DECLARED
+    object: str = _DECLARED
+    created: int = _DECLARED
+    model: str = _DECLARED
+    choices: list[ChatChoice] = _DECLARED
+    usage: Usage = _DECLARED
     prompt: list[PromptPart] | None = None
     warnings: list[InferenceWarning] | None = None
     system_fingerprint: str | None = None
@@ -927,8 +933,8 @@ class ChatDelta(_Model):
 class ChatChoiceDelta(_Model):
     """One choice of a chat stream chunk."""
 
-    index: int | None = None
-    delta: ChatDelta | None = None
+    index: int = _DECLARED
+    delta: ChatDelta = _DECLARED
     finish_reason: str | None = None
     logprobs: Any = None
     seed: int | None = None
@@ -949,11 +955,11 @@ class CompletionToken(_Model):
 class ChatCompletionChunk(_Model):
     """One chunk of a streamed chat completion."""
 
-    id: str | None = None
-    object: str | None = None
-    created: int | None = None
-    model: str | None = None
-    choices: list[ChatChoiceDelta] | None = None
+    id: str = _DECLARED
+    object: str = _DECLARED
+    created: int = _DECLARED
+    model: str = _DECLARED
+    choices: list[ChatChoiceDelta] = _DECLARED
     usage: Usage | None = None
     finish_reason: str | None = None
     token: CompletionToken | None = None
@@ -966,8 +972,8 @@ class ChatCompletionChunk(_Model):
 class CompletionChoice(_Model):
     """One choice of a text completion."""
 
-    index: int | None = None
-    text: str | None = None
+    index: int = _DECLARED
+    text: str = _DECLARED
     finish_reason: str | None = None
     logprobs: Logprobs | None = None
     seed: int | None = None
@@ -977,12 +983,12 @@ class CompletionChoice(_Model):
 class CompletionResponse(_Model):
     """The result of ``client.completions.create(...)``."""
 
-    id: str | None = None
-    object: str | None = None
-    created: int | None = None
-    model: str | None = None
-    choices: list[CompletionChoice] | None = None
-    usage: Usage | None = None
+    id: str = _DECLARED
+    object: str = _DECLARED
+    created: int = _DECLARED
+    model: str = _DECLARED
+    choices: list[CompletionChoice] = _DECLARED
+    usage: Usage = _DECLARED
     prompt: list[PromptPart] | None = None
     warnings: list[InferenceWarning] | None = None
     system_fingerprint: str | None = None
@@ -992,7 +998,7 @@ class CompletionResponse(_Model):
 class CompletionChoiceDelta(_Model):
     """One choice of a text completion stream chunk."""
 
-    index: int | None = None
+    index: int = _DECLARED
     text: str | None = None
     finish_reason: str | None = None
     logprobs: Any = None
@@ -1004,11 +1010,11 @@ class CompletionChoiceDelta(_Model):
 class CompletionChunk(_Model):
     """One chunk of a streamed text completion."""
 
-    id: str | None = None
+    id: str = _DECLARED
     object: str | None = None
     created: int | None = None
     model: str | None = None
-    choices: list[CompletionChoiceDelta] | None = None
+    choices: list[CompletionChoiceDelta] = _DECLARED
     usage: Usage | None = None
     token: CompletionToken | None = None
     finish_reason: str | None = None
@@ -1182,10 +1188,9 @@ if TYPE_CHECKING:
         n: _Maybe[int]
         safety_model: _Maybe[str]
 
-    class _ChatParams(_CompletionParams, total=False):
-        """The keywords chat completions take besides ``messages``, ``model`` and ``stream``."""
+    class _ParseParams(_CompletionParams, total=False):
+        """The keywords ``chat.completions.parse()`` takes besides ``messages``, ``model`` and ``response_format``."""
 
-        response_format: _Maybe[Mapping[str, Any]]
         tools: _Maybe[Sequence[Mapping[str, Any]]]
         tool_choice: _Maybe[str | Mapping[str, Any]]
         reasoning_effort: _Maybe[str]
@@ -1194,6 +1199,11 @@ if TYPE_CHECKING:
         context_length_exceeded_behavior: _Maybe[str]
         compliance: _Maybe[str]
         function_call: _Maybe[str | Mapping[str, Any]]
+
+    class _ChatParams(_ParseParams, total=False):
+        """The keywords chat completions take besides ``messages``, ``model`` and ``stream``."""
+
+        response_format: _Maybe[Mapping[str, Any]]
 
 
 def _require_str(name: str, value: Any) -> None:
@@ -3680,30 +3690,30 @@ class ChatCompletions(_Resource):
         *,
         messages: _Messages,
         model: str,
-        max_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        min_p: float | None = None,
-        logit_bias: Mapping[str, float] | None = None,
-        seed: int | None = None,
+        max_tokens: _Maybe[int] = None,
+        stop: _Maybe[str | Sequence[str]] = None,
+        temperature: _Maybe[float] = None,
+        top_p: _Maybe[float] = None,
+        top_k: _Maybe[int] = None,
+        repetition_penalty: _Maybe[float] = None,
+        presence_penalty: _Maybe[float] = None,
+        frequency_penalty: _Maybe[float] = None,
+        min_p: _Maybe[float] = None,
+        logit_bias: _Maybe[Mapping[str, float]] = None,
+        seed: _Maybe[int] = None,
         stream: bool = False,
-        logprobs: int | None = None,
-        echo: bool | None = None,
-        n: int | None = None,
-        safety_model: str | None = None,
-        response_format: Mapping[str, Any] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: str | Mapping[str, Any] | None = None,
-        timeout: float | Any | None = None,
-        max_retries: int | None = None,
-        extra_headers: Mapping[str, Any] | None = None,
-        extra_query: Mapping[str, Any] | None = None,
-        extra_body: Mapping[str, Any] | None = None,
+        logprobs: _Maybe[int] = None,
+        echo: _Maybe[bool] = None,
+        n: _Maybe[int] = None,
+        safety_model: _Maybe[str] = None,
+        response_format: _Maybe[Mapping[str, Any]] = None,
+        tools: _Maybe[Sequence[Mapping[str, Any]]] = None,
+        tool_choice: _Maybe[str | Mapping[str, Any]] = None,
+        timeout: _Maybe[float | _TimeoutObject] = None,
+        max_retries: _Maybe[int] = None,
+        extra_headers: _Maybe[Mapping[str, Any]] = None,
+        extra_query: _Maybe[Mapping[str, Any]] = None,
+        extra_body: _Maybe[Mapping[str, Any]] = None,
         **kwargs: Any,
     ) -> ChatCompletionResponse | Stream[ChatCompletionChunk]:
         """Create a chat completion; with ``stream=True``, a Stream of ChatCompletionChunk.
@@ -3725,7 +3735,7 @@ class ChatCompletions(_Resource):
         return self._client._execute(self._prepare(arguments))  # type: ignore[no-any-return]
 
     def parse(
-        self, *, messages: _Messages, model: str, response_format: Any, **params: Unpack[_ChatParams]
+        self, *, messages: _Messages, model: str, response_format: Any, **params: Unpack[_ParseParams]
     ) -> ChatCompletionResponse:
         """Create a chat completion whose answer is parsed into ``response_format``, as openai's ``parse()``.
 
@@ -3795,27 +3805,27 @@ class Completions(_Resource):
         *,
         model: str,
         prompt: str,
-        max_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        min_p: float | None = None,
-        logit_bias: Mapping[str, float] | None = None,
-        seed: int | None = None,
+        max_tokens: _Maybe[int] = None,
+        stop: _Maybe[str | Sequence[str]] = None,
+        temperature: _Maybe[float] = None,
+        top_p: _Maybe[float] = None,
+        top_k: _Maybe[int] = None,
+        repetition_penalty: _Maybe[float] = None,
+        presence_penalty: _Maybe[float] = None,
+        frequency_penalty: _Maybe[float] = None,
+        min_p: _Maybe[float] = None,
+        logit_bias: _Maybe[Mapping[str, float]] = None,
+        seed: _Maybe[int] = None,
         stream: bool = False,
-        logprobs: int | None = None,
-        echo: bool | None = None,
-        n: int | None = None,
-        safety_model: str | None = None,
-        timeout: float | Any | None = None,
-        max_retries: int | None = None,
-        extra_headers: Mapping[str, Any] | None = None,
-        extra_query: Mapping[str, Any] | None = None,
-        extra_body: Mapping[str, Any] | None = None,
+        logprobs: _Maybe[int] = None,
+        echo: _Maybe[bool] = None,
+        n: _Maybe[int] = None,
+        safety_model: _Maybe[str] = None,
+        timeout: _Maybe[float | _TimeoutObject] = None,
+        max_retries: _Maybe[int] = None,
+        extra_headers: _Maybe[Mapping[str, Any]] = None,
+        extra_query: _Maybe[Mapping[str, Any]] = None,
+        extra_body: _Maybe[Mapping[str, Any]] = None,
         **kwargs: Any,
     ) -> CompletionResponse | Stream[CompletionChunk]:
         """Create a text completion; with ``stream=True``, a Stream of CompletionChunk.
@@ -4061,7 +4071,7 @@ class AsyncStream(_Generic[_T]):
                 raise StopAsyncIteration
             self._pending = iter(batch)
             chunk = next(self._pending, _END)
-        return chunk  # type: ignore[no-any-return]
+        return chunk  # type: ignore[return-value]
 
     async def aclose(self) -> None:
         """Stop reading and release the connection."""
@@ -4106,7 +4116,7 @@ class AsyncAPIResponse(_Generic[_T]):
         return content
 
     async def parse(self, *, to: Any = None) -> _T:
-        result = await self._on_pool(self._sync.parse, to)
+        result = await self._on_pool(functools.partial(self._sync.parse, to=to))
         return AsyncStream(result, self._client) if isinstance(result, Stream) else result  # type: ignore[return-value]
 
     async def read(self) -> bytes:
@@ -4240,30 +4250,30 @@ class AsyncChatCompletions(_AsyncResource):
         *,
         messages: _Messages,
         model: str,
-        max_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        min_p: float | None = None,
-        logit_bias: Mapping[str, float] | None = None,
-        seed: int | None = None,
+        max_tokens: _Maybe[int] = None,
+        stop: _Maybe[str | Sequence[str]] = None,
+        temperature: _Maybe[float] = None,
+        top_p: _Maybe[float] = None,
+        top_k: _Maybe[int] = None,
+        repetition_penalty: _Maybe[float] = None,
+        presence_penalty: _Maybe[float] = None,
+        frequency_penalty: _Maybe[float] = None,
+        min_p: _Maybe[float] = None,
+        logit_bias: _Maybe[Mapping[str, float]] = None,
+        seed: _Maybe[int] = None,
         stream: bool = False,
-        logprobs: int | None = None,
-        echo: bool | None = None,
-        n: int | None = None,
-        safety_model: str | None = None,
-        response_format: Mapping[str, Any] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: str | Mapping[str, Any] | None = None,
-        timeout: float | Any | None = None,
-        max_retries: int | None = None,
-        extra_headers: Mapping[str, Any] | None = None,
-        extra_query: Mapping[str, Any] | None = None,
-        extra_body: Mapping[str, Any] | None = None,
+        logprobs: _Maybe[int] = None,
+        echo: _Maybe[bool] = None,
+        n: _Maybe[int] = None,
+        safety_model: _Maybe[str] = None,
+        response_format: _Maybe[Mapping[str, Any]] = None,
+        tools: _Maybe[Sequence[Mapping[str, Any]]] = None,
+        tool_choice: _Maybe[str | Mapping[str, Any]] = None,
+        timeout: _Maybe[float | _TimeoutObject] = None,
+        max_retries: _Maybe[int] = None,
+        extra_headers: _Maybe[Mapping[str, Any]] = None,
+        extra_query: _Maybe[Mapping[str, Any]] = None,
+        extra_body: _Maybe[Mapping[str, Any]] = None,
         **kwargs: Any,
     ) -> ChatCompletionResponse | AsyncStream[ChatCompletionChunk]:
         """Create a chat completion; see ``ChatCompletions.create`` for the parameters."""
@@ -4279,7 +4289,7 @@ class AsyncChatCompletions(_AsyncResource):
         return await self._client._execute(self._sync._prepare(arguments))  # type: ignore[no-any-return]
 
     async def parse(
-        self, *, messages: _Messages, model: str, response_format: Any, **params: Unpack[_ChatParams]
+        self, *, messages: _Messages, model: str, response_format: Any, **params: Unpack[_ParseParams]
     ) -> ChatCompletionResponse:
         """Create a chat completion parsed into ``response_format``; see ``ChatCompletions.parse``."""
         arguments = _parse_arguments(messages, model, response_format, params)
@@ -4317,27 +4327,27 @@ class AsyncCompletions(_AsyncResource):
         *,
         model: str,
         prompt: str,
-        max_tokens: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        min_p: float | None = None,
-        logit_bias: Mapping[str, float] | None = None,
-        seed: int | None = None,
+        max_tokens: _Maybe[int] = None,
+        stop: _Maybe[str | Sequence[str]] = None,
+        temperature: _Maybe[float] = None,
+        top_p: _Maybe[float] = None,
+        top_k: _Maybe[int] = None,
+        repetition_penalty: _Maybe[float] = None,
+        presence_penalty: _Maybe[float] = None,
+        frequency_penalty: _Maybe[float] = None,
+        min_p: _Maybe[float] = None,
+        logit_bias: _Maybe[Mapping[str, float]] = None,
+        seed: _Maybe[int] = None,
         stream: bool = False,
-        logprobs: int | None = None,
-        echo: bool | None = None,
-        n: int | None = None,
-        safety_model: str | None = None,
-        timeout: float | Any | None = None,
-        max_retries: int | None = None,
-        extra_headers: Mapping[str, Any] | None = None,
-        extra_query: Mapping[str, Any] | None = None,
-        extra_body: Mapping[str, Any] | None = None,
+        logprobs: _Maybe[int] = None,
+        echo: _Maybe[bool] = None,
+        n: _Maybe[int] = None,
+        safety_model: _Maybe[str] = None,
+        timeout: _Maybe[float | _TimeoutObject] = None,
+        max_retries: _Maybe[int] = None,
+        extra_headers: _Maybe[Mapping[str, Any]] = None,
+        extra_query: _Maybe[Mapping[str, Any]] = None,
+        extra_body: _Maybe[Mapping[str, Any]] = None,
         **kwargs: Any,
     ) -> CompletionResponse | AsyncStream[CompletionChunk]:
         """Create a text completion; see ``Completions.create`` for the parameters."""
@@ -4604,7 +4614,7 @@ def _module_paths() -> Any:
         "ChatCompletionMessage": ChatMessage, "ChatCompletionUsage": Usage, "ChatCompletionWarning": InferenceWarning,
         "ChatCompletionPromptItem": PromptPart, "ChatCompletionMessageToolCall": ToolCall, **params,
     }  # fmt: skip
-    views = {
+    views: dict[str, dict[str, Any]] = {
         "chat.chat_completion": {"ChatCompletion": ChatCompletionResponse, "Choice": ChatChoice},
         "chat.chat_completion_chunk": {"ChatCompletionChunk": ChatCompletionChunk, "Choice": ChatChoiceDelta,
                                        "ChoiceDelta": ChatDelta},

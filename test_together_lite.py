@@ -758,6 +758,12 @@ def test_logprobs_true_is_sent_as_one(server: Server, client: tl.Together) -> No
     assert body["logprobs"] == 1 and type(body["logprobs"]) is int
 
 
+def test_logprobs_true_with_top_logprobs_stays_true_as_openai_servers_want(server: Server, client: tl.Together) -> None:
+    chat(client, logprobs=True, top_logprobs=2)  # llama.cpp refuses top_logprobs unless logprobs is true
+    body = server.requests[0].json
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 2)
+
+
 @pytest.mark.parametrize(
     "name, value",
     [

@@ -1262,8 +1262,9 @@ def _normalize_params(params: dict[str, Any]) -> None:
         if name in params:
             params[name] = _as_int(name, params[name], minimum)
     logprobs = params.get("logprobs")
-    if isinstance(logprobs, bool):  # OpenAI-style logprobs=True means one per token
-        params["logprobs"] = int(logprobs)
+    if isinstance(logprobs, bool):
+        if "top_logprobs" not in params:  # Together's form: logprobs=True means one per token
+            params["logprobs"] = int(logprobs)
     elif logprobs is not None:
         params["logprobs"] = _as_int("logprobs", logprobs, 0)
     if not isinstance(params.get("stream", False), bool):

@@ -6731,28 +6731,18 @@ def test_chat_images_become_data_urls_or_stay_urls_in_order(server: Server, tmp_
     ]
 
 
-def test_chat_image_that_cannot_be_read_is_one_error_line_and_nothing_sent(
-    server: Server, tmp_path: pathlib.Path
+@pytest.mark.parametrize("content, words", [(None, "No such file"), (CLI_UNKNOWN, "MIME type")])
+def test_an_image_that_cannot_be_sent_is_a_usage_error_and_nothing_is_sent(
+    server: Server, tmp_path: pathlib.Path, content: Optional[bytes], words: str
 ) -> None:
-    missing = str(tmp_path / "missing.png")
-    result = cli_run(server, "chat", "--image", missing, "hi")
-    assert result.returncode == 1
+    image = tmp_path / "picture"
+    if content is not None:
+        image.write_bytes(content)
+    result = cli_run(server, "chat", "--image", str(image), "hi")
+    assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: ")
-    assert "missing.png" in result.stderr
-    assert server.requests == []
-
-
-def test_chat_image_of_unknown_type_is_one_error_line_and_nothing_sent(server: Server, tmp_path: pathlib.Path) -> None:
-    mystery = tmp_path / "mystery"
-    mystery.write_bytes(CLI_UNKNOWN)
-    result = cli_run(server, "chat", "--image", str(mystery), "hi")
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: ")
-    assert "MIME type" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"together-lite: error: --image {image}: ")
+    assert words in result.stderr
     assert server.requests == []
 
 
@@ -6773,10 +6763,10 @@ def test_an_empty_prompt_on_stdin_is_a_usage_error(server: Server, args: List[st
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
-def test_chat_without_a_prompt_on_a_terminal_is_a_usage_error(server: Server) -> None:
+def test_complete_without_a_prompt_on_a_terminal_is_a_usage_error(server: Server) -> None:
     controller, terminal = os.openpty()
     try:
-        result = cli_run(server, "chat", stdin=terminal)
+        result = cli_run(server, "complete", stdin=terminal)
     finally:
         os.close(terminal)
         os.close(controller)
@@ -7055,6 +7045,234 @@ def test_ctrl_c_in_the_middle_of_a_stream_keeps_the_text_and_exits_130(
     assert stderr == b""
 
 
+# -- Command line: a conversation on a terminal ------------------------------------------------
+
+
+class cli_Terminal:
+    """``together-lite chat ARGS`` on a real pseudo-terminal, which is its controlling terminal (so ^C is SIGINT)."""
+
+    WRAPPER = (
+        "import fcntl, os, signal, sys, termios; os.setsid(); fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+        "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+
+    def __init__(self, server: Server, *args: str) -> None:
+        self.controller, terminal = os.openpty()
+        command = [sys.executable, "-c", self.WRAPPER, sys.executable, "together_lite.py", "chat", *args]
+        self.process = subprocess.Popen(
+            command, cwd=cli_directory(), env=cli_env(server, TERM="dumb"), stdin=terminal, stdout=terminal, stderr=terminal
+        )
+        os.close(terminal)
+        self.seen = b""
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.controller, keys)
+
+    def wait_for(self, text: str, seconds: float = 10.0) -> str:
+        """Read the terminal until ``text`` shows; what was shown since the last wait."""
+        deadline = time.monotonic() + seconds
+        while text.encode() not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.controller], [], [], left)[0]:
+                pytest.fail(f"{text!r} never showed; the terminal shows {self.seen.decode(errors='replace')!r}")
+            try:
+                self.seen += os.read(self.controller, 4096)
+            except OSError:  # the command ended and the terminal closed
+                pytest.fail(f"{text!r} never showed; the terminal shows {self.seen.decode(errors='replace')!r}")
+        shown, _, self.seen = self.seen.partition(text.encode())
+        return (shown + text.encode()).decode(errors="replace")
+
+    def exit_code(self) -> int:
+        code = self.process.wait(timeout=10)
+        os.close(self.controller)
+        return code
+
+
+@pytest.fixture
+def cli_terminal(server: Server) -> Iterator[Callable[..., cli_Terminal]]:
+    started: List[cli_Terminal] = []
+
+    def start(*args: str) -> cli_Terminal:
+        started.append(cli_Terminal(server, *args))
+        return started[-1]
+
+    yield start
+    for terminal in started:
+        cli_stop(terminal.process)
+
+
+cli_needs_a_terminal = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+
+
+@cli_needs_a_terminal
+def test_chat_on_a_terminal_is_a_conversation_that_keeps_its_history(server: Server, cli_terminal: Any) -> None:
+    server.reply(cli_stream("Paris", "."), cli_stream("About 2.1 million."))
+    terminal = cli_terminal("-s", "Be brief.")
+    assert "Chatting with" in terminal.wait_for("> ")
+    terminal.type(b"What is the capital of France?\r")
+    assert "Paris." in terminal.wait_for("> ")
+    terminal.type(b"And its population?\r")
+    assert "About 2.1 million." in terminal.wait_for("> ")
+    terminal.type(b"exit\r")
+    assert terminal.exit_code() == 0
+    assert server.requests[1].json["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And its population?"},
+    ]
+    assert all(request.json["stream"] is True for request in server.requests)
+
+
+@cli_needs_a_terminal
+def test_reset_starts_the_conversation_over_and_ctrl_d_leaves(server: Server, cli_terminal: Any) -> None:
+    server.reply(cli_stream("One."), cli_stream("Two."))
+    terminal = cli_terminal()
+    terminal.wait_for("> ")
+    terminal.type(b"first\r")
+    terminal.wait_for("One.")
+    terminal.wait_for("> ")
+    terminal.type(b"/reset\r")
+    assert "starts over" in terminal.wait_for("> ")
+    terminal.type(b"second\r")
+    terminal.wait_for("Two.")
+    terminal.wait_for("> ")
+    terminal.type(b"\x04")  # Ctrl-D at the prompt
+    assert terminal.exit_code() == 0
+    assert server.requests[1].json["messages"] == [{"role": "user", "content": "second"}]
+
+
+@cli_needs_a_terminal
+def test_ctrl_c_stops_an_answer_and_the_conversation_goes_on(
+    server: Server, cli_terminal: Any, cli_gate: threading.Event
+) -> None:
+    def stall_after_one_chunk(handler: Handler) -> None:
+        cli_start_stream(handler, chunk("A long answ"))
+        cli_gate.wait(15)
+
+    server.reply(stall_after_one_chunk, cli_stream("Short."))
+    terminal = cli_terminal()
+    terminal.wait_for("> ")
+    terminal.type(b"tell me everything\r")
+    terminal.wait_for("A long answ")
+    terminal.type(b"\x03")  # Ctrl-C, through the terminal
+    assert "(stopped)" in terminal.wait_for("> ")
+    terminal.type(b"something short\r")
+    assert "Short." in terminal.wait_for("> ")
+    terminal.type(b"\x04")
+    assert terminal.exit_code() == 0
+    assert server.requests[1].json["messages"] == [{"role": "user", "content": "something short"}]
+
+
+@cli_needs_a_terminal
+def test_an_api_error_in_a_conversation_is_one_line_and_it_goes_on(server: Server, cli_terminal: Any) -> None:
+    server.reply(cli_error_reply(400, "max_tokens is too large"), cli_stream("Fine."))
+    terminal = cli_terminal()
+    terminal.wait_for("> ")
+    terminal.type(b"too much\r")
+    assert "error: 400 max_tokens is too large" in terminal.wait_for("> ")
+    terminal.type(b"less\r")
+    assert "Fine." in terminal.wait_for("> ")
+    terminal.type(b"quit\r")
+    assert terminal.exit_code() == 0
+    assert server.requests[1].json["messages"] == [{"role": "user", "content": "less"}]
+
+
+# -- Command line: input, options and output -----------------------------------------------------
+
+
+def test_piped_text_comes_before_the_prompt_argument(server: Server) -> None:
+    server.reply(cli_stream("ok"))
+    result = cli_run(server, "chat", "explain this code", input="def fib(n):\n    return n\n")
+    assert result.returncode == 0
+    assert server.requests[0].json["messages"] == [
+        {"role": "user", "content": "def fib(n):\n    return n\n explain this code"}
+    ]
+
+
+def test_option_sets_any_body_parameter_reading_json_values(server: Server) -> None:
+    server.reply(cli_stream("ok"))
+    result = cli_run(
+        server, "chat", "-o", "top_k", "40", "-o", "response_format", '{"type": "json_object"}',
+        "-o", "reasoning_effort", "low", "-o", "echo", "true", "hi",
+    )  # fmt: skip
+    assert result.returncode == 0
+    body = server.requests[0].json
+    assert (body["top_k"], body["response_format"], body["reasoning_effort"], body["echo"]) == (
+        40, {"type": "json_object"}, "low", True
+    )
+
+
+def test_usage_prints_tokens_and_speed_to_stderr_after_the_answer(server: Server) -> None:
+    usage = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    server.reply(Reply(chunks=sse(chunk("a"), chunk("b"), chunk(finish="stop", usage=usage))), Reply(200, CHAT_RESPONSE))
+    result = cli_run(server, "chat", "--usage", "hi")
+    assert result.returncode == 0 and result.stdout == "ab\n"
+    assert re.fullmatch(r"12 tokens in, 3 out; first token after \d+\.\d\d s; \d+\.\d tokens/s\n", result.stderr)
+    result = cli_run(server, "chat", "--usage", "--no-stream", "hi")
+    assert result.stdout == "Hello there.\n"
+    assert result.stderr.startswith("5 tokens in, 3 out; first token after ")
+
+
+def test_json_prints_what_the_server_sent_and_nothing_it_did_not(server: Server) -> None:
+    sent = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}
+    server.reply(Reply(200, sent))
+    result = cli_run(server, "chat", "--json", "hi")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == sent
+    assert "null" not in result.stdout
+
+
+def test_while_retrying_the_command_says_so_and_the_error_names_the_host(server: Server) -> None:
+    port = hard_free_port()
+    result = cli_run(server, "chat", "--max-retries", "1", "hi", env=cli_env(server, TOGETHER_BASE_URL=f"http://127.0.0.1:{port}/v1"))
+    assert result.returncode == 1
+    note, error = result.stderr.splitlines()
+    assert re.fullmatch(rf"connection refused by 127\.0\.0\.1:{port}; retrying in 0\.\d s \(1/1\)", note)
+    assert error.startswith("error: ") and f"127.0.0.1:{port}" in error
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--temperature", "nan"],
+        ["--temperature", "inf"],
+        ["--top-p", "much"],
+        ["--model", ""],
+        ["-s", " "],
+        ["--max-retries", "-1"],
+        ["-o", "stream", "false"],
+        ["-o", "messages", "[]"],
+    ],
+)
+def test_a_bad_option_value_is_a_usage_error_and_nothing_is_sent(server: Server, args: List[str]) -> None:
+    result = cli_run(server, "chat", *args, "hi")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: together-lite") and "error:" in result.stderr.splitlines()[-1]
+    assert server.requests == []
+
+
+def test_a_warning_prints_as_one_line(server: Server) -> None:
+    result = cli_run(server, "chat", "--max-retries", "0", "hi", env=cli_env(server, TOGETHER_BASE_URL=f"http://0.0.0.0:{hard_free_port()}/v1"))
+    first = result.stderr.splitlines()[0]
+    assert first == "warning: together_lite will send the API key unencrypted to 0.0.0.0 (base_url uses http://)."
+    assert "sys.exit" not in result.stderr and "InsecureTransportWarning" not in result.stderr
+
+
+def test_pip_install_puts_the_command_on_the_path_and_leaves_nothing_in_the_checkout(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("flit_core", reason="flit_core is not installed (CI installs it for this check)")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("together_lite.py", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(os.path.join(cli_directory(), name), checkout / name)
+    target = tmp_path / "installed"
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps", "--target", str(target), str(checkout)]
+    subprocess.run(command, check=True, timeout=120, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    assert sorted(os.listdir(checkout)) == ["LICENSE", "README.md", "pyproject.toml", "together_lite.py"]
+    script = (target / "bin" / "together-lite").read_text()
+    assert "together_lite" in script and (target / "together_lite.py").exists()
+
+
 # -- Command line: the API key stays secret -----------------------------------
 
 
@@ -7111,12 +7329,13 @@ def test_together_log_info_prints_the_retry_with_reason_and_delay(server: Server
     assert result.returncode == 0
     assert result.stdout == " return n\n"
     lines = result.stderr.splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert re.search(cli_request_line(server, "/completions", 500, "req-first"), lines[0])
-    retry = re.search(r"INFO retrying in (\d+\.\d\d)s \(retry 1 of 5\) after HTTP 500$", lines[1])
+    retry = re.search(r"INFO retrying in (\d+\.\d\d)s \(retry 1 of 5\) after HTTP 500 from 127.0.0.1:\d+$", lines[1])
     assert retry is not None
     assert 0.35 <= float(retry.group(1)) <= 0.5  # 0.5 s backoff less up to 25% jitter
-    assert re.search(cli_request_line(server, "/completions", 200, "req-second"), lines[2])
+    assert re.fullmatch(r"HTTP 500 from 127.0.0.1:\d+; retrying in 0\.\d s \(1/5\)", lines[2])  # the command's own note
+    assert re.search(cli_request_line(server, "/completions", 200, "req-second"), lines[3])
     assert len(server.requests) == 2
 
 
@@ -7176,7 +7395,7 @@ def test_logger_at_debug_sees_body_and_retry_but_never_the_key(
     assert messages[0].startswith("request body ")
     assert json.loads(messages[0][len("request body "):]) == server.requests[0].json
     assert " -> 503 " in messages[1] and "req-a" in messages[1]
-    assert messages[2] == f"retrying in {delays[0]:.2f}s (retry 1 of 2) after HTTP 503"
+    assert messages[2] == f"retrying in {delays[0]:.2f}s (retry 1 of 2) after HTTP 503 from 127.0.0.1:{server.server_address[1]}"
     assert " -> 200 " in messages[3]
     everything = caplog.text + "".join(messages) + "".join(repr(record.args) for record in records)
     assert CLI_API_KEY not in everything

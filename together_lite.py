@@ -436,6 +436,7 @@ class APIConnectionError(APIError):
     ) -> None:
         super().__init__(message, request, **context)
         self.retryable = retryable
+        self._reason = self.message.rstrip(".")  # a short reason, for a note before a retry
 
 
 class Timeout(APIConnectionError):
@@ -568,16 +569,33 @@ def _connection_error(exc: BaseException, doing: str, where: object) -> APIConne
 
     if isinstance(exc, APIConnectionError):
         return exc
+    error: APIConnectionError
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return APITimeoutError(f"Request timed out while {doing} {where}.")
+        error = APITimeoutError(f"Request timed out while {doing} {where}.")
+        error._reason = f"{doing} {where} timed out"
+        return error
     ssl_module = sys.modules.get("ssl")
     if ssl_module is not None and isinstance(exc, ssl_module.SSLCertVerificationError):
         message = f"TLS certificate verification failed for {where}: {exc.verify_message}."
         return APIConnectionError(message, retryable=False)
     if isinstance(exc, _ProtocolError):
-        return APIConnectionError(f"Connection error while {doing} {where}: {exc.message}", retryable=exc.retryable)
+        error = APIConnectionError(f"Connection error while {doing} {where}: {exc.message}", retryable=exc.retryable)
+        error._reason = f"{exc.message.rstrip('.')} ({where})"
+        return error
     detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return APIConnectionError(f"Connection error while {doing} {where}: {detail}.")
+    error = APIConnectionError(f"Connection error while {doing} {where}: {detail}.")
+    error._reason = _REASONS.get(type(exc), "{detail} ({doing} {where})").format(
+        detail=detail, doing=doing, where=where
+    )
+    return error
+
+
+#: How a retry note names a failure, by its kind.
+_REASONS = {
+    ConnectionRefusedError: "connection refused by {where}",
+    ConnectionResetError: "connection reset by {where}",
+    BrokenPipeError: "connection closed by {where}",
+}
 
 
 # -- Result types -------------------------------------------------------------
@@ -3049,6 +3067,7 @@ class Together:
         self._transport = _Transport(proxy=proxy, ssl_context=ssl_context)
         self._owns_transport = True
         self._sleep: Callable[[float, _Cancel | None], None] = _pause
+        self._on_retry: Callable[[str, float, int, int], None] | None = None  # the command line's notes
         self.chat = Chat(self)
         self.completions = Completions(self)
         _warn_if_plain_http(*self._origin[:2])
@@ -3209,7 +3228,7 @@ class Together:
                 if retries_taken >= call.max_retries or not exc.retryable or (cancel and cancel.cancelled):
                     exc.request = exc.request or call.request
                     raise
-                self._wait(retries_taken, None, exc, call)
+                self._wait(retries_taken, None, exc._reason, call)
                 continue
             call.elapsed = time.monotonic() - started
             _log_response(self.base_url + call.path[len(self._base_path) :], response, call.elapsed)
@@ -3217,17 +3236,20 @@ class Together:
                 return response
             if retries_taken < call.max_retries and _should_retry(response.status, response.headers):
                 response.release()
-                self._wait(retries_taken, response.headers, f"HTTP {response.status}", call)
+                reason = f"HTTP {response.status} from {response.route}"
+                self._wait(retries_taken, response.headers, reason, call)
                 continue
             raise _error_response(response, call)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _wait(self, retries_taken: int, headers: Mapping[str, str] | None, reason: object, call: _Call) -> None:
+    def _wait(self, retries_taken: int, headers: Mapping[str, str] | None, reason: str, call: _Call) -> None:
         import random
 
         retry_after = _retry_after_seconds(headers) if headers else None
         delay = _retry_delay(retries_taken, retry_after, random.random())
         _log_retry(reason, delay, retries_taken + 1, call.max_retries)
+        if self._on_retry is not None:
+            self._on_retry(reason, delay, retries_taken + 1, call.max_retries)
         self._sleep(delay, call.cancel)
         if call.cancel is not None and call.cancel.cancelled:
             raise _cancelled_error()
@@ -3268,7 +3290,7 @@ def _log_response(url: str, response: _Response, elapsed: float) -> None:
         logger.info("POST %s -> %d in %.3fs (request id %s)", url, response.status, elapsed, request_id)
 
 
-def _log_retry(reason: object, delay: float, retry: int, max_retries: int) -> None:
+def _log_retry(reason: str, delay: float, retry: int, max_retries: int) -> None:
     logger = _get_logger(20)
     if logger is not None:
         logger.info("retrying in %.2fs (retry %d of %d) after %s", delay, retry, max_retries, reason)
@@ -4441,6 +4463,7 @@ def video_part(source: str | os.PathLike[str] | bytes, *, mime_type: str | None 
 # -- Command line -------------------------------------------------------------
 
 DEFAULT_CLI_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+_CLI_SET_KEYS = frozenset({"messages", "prompt", "stream"})  # what -o may not change: the command sets them
 
 
 def _cli_parser() -> argparse.ArgumentParser:
@@ -4453,90 +4476,193 @@ def _cli_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"together_lite {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    commands_help = (("chat", "chat with a model, streaming its answer"), ("complete", "complete a text prompt"))
+    commands_help = (
+        ("chat", "chat with a model, streaming its answer; with no prompt on a terminal, a conversation"),
+        ("complete", "complete a text prompt"),
+    )
     for name, help_text in commands_help:
         command = commands.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
-        command.add_argument("prompt", nargs="?", help="the prompt; '-' (or none, with piped input) reads stdin")
+        command.add_argument("prompt", nargs="?", help="the prompt; piped input is sent before it ('-': stdin only)")
         model_help = f"model name (default: $TOGETHER_MODEL, else {DEFAULT_CLI_MODEL})"
-        command.add_argument("-m", "--model", default=None, help=model_help)
+        command.add_argument("-m", "--model", type=_cli_text, help=model_help)
         if name == "chat":
-            command.add_argument("-s", "--system", help="a system message")
+            command.add_argument("-s", "--system", type=_cli_text, help="a system message")
             command.add_argument(
                 "--image", action="append", default=[], metavar="PATH_OR_URL", help="add an image (repeatable)"
             )
-        command.add_argument("--max-tokens", type=_cli_positive_int, help="the most tokens to generate")
-        command.add_argument("--temperature", type=float, help="sampling temperature")
-        command.add_argument("--top-p", type=float, help="nucleus sampling threshold")
+        command.add_argument("--max-tokens", type=_cli_count(1), help="the most tokens to generate")
+        command.add_argument("--temperature", type=_cli_number, help="sampling temperature")
+        command.add_argument("--top-p", type=_cli_number, help="nucleus sampling threshold")
         command.add_argument("--stop", action="append", metavar="TEXT", help="a stop sequence (repeatable)")
+        command.add_argument(
+            "-o", "--option", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+            help="any other body parameter; VALUE is read as JSON when it is JSON (-o top_k 40) (repeatable)",
+        )  # fmt: skip
+        command.add_argument("--max-retries", type=_cli_count(0), help="retries after a failed attempt (default 5)")
         command.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
-        command.add_argument("--json", action="store_true", help="print the whole response as JSON")
+        command.add_argument("--json", action="store_true", help="print the server's answer as JSON")
+        command.add_argument("--usage", action="store_true", help="print tokens and speed to stderr after the answer")
         command.add_argument("--version", action="version", version=f"together_lite {__version__}")
     return parser
 
 
-def _cli_prompt(parser: argparse.ArgumentParser, prompt: str | None) -> str:
-    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
-        prompt = sys.stdin.read()
-        if not prompt.strip():
-            parser.error("the prompt on stdin is empty")
-    if prompt is None:
-        parser.error("give a PROMPT, or pipe one on stdin")
-    return prompt
+def _cli_text(text: str) -> str:
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
-def _cli_positive_int(text: str) -> int:
+def _cli_number(text: str) -> float:
     import argparse
 
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+        value = float("nan")
+    if value - value != 0:  # not a number, or infinite
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
-def _cli_request(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
+def _cli_count(minimum: int) -> Callable[[str], int]:
+    def count(text: str) -> int:
+        import argparse
+
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, got {text!r}")
+        return value
+
+    count.__name__ = "number"  # what argparse calls the type in its messages
+    return count
+
+
+def _cli_json_value(text: str) -> Any:
+    """An -o value: JSON when it parses as JSON (40, true, {"type": "json_object"}), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _cli_prompt(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The prompt: piped input, then the argument, joined as llm joins them; None starts a conversation."""
+    prompt = None if args.prompt == "-" else args.prompt
+    if args.prompt == "-" or not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        if piped.strip():
+            prompt = piped if prompt is None else f"{piped} {prompt}"
+        elif prompt is None:
+            parser.error("the prompt on stdin is empty")
+    if prompt is None and not (args.command == "chat" and sys.stdin.isatty()):
+        parser.error("give a PROMPT, or pipe one on stdin")
+    if prompt is None and (args.json or args.image):
+        parser.error(f"{'--json' if args.json else '--image'} needs a PROMPT")
+    return prompt
+
+
+def _cli_request(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``create()`` that the options give; the prompt is added later."""
     request: dict[str, Any] = {
         "model": args.model or os.environ.get("TOGETHER_MODEL") or DEFAULT_CLI_MODEL,
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
         "stop": args.stop,
-        "stream": not (args.no_stream or args.json),
     }
-    if args.command == "complete":
-        request["prompt"] = prompt
-        return request
-    content: Any = prompt
-    if args.image:
-        content = [{"type": "text", "text": prompt}] + [image_part(image) for image in args.image]
-    messages = [{"role": "system", "content": args.system}] if args.system else []
-    request["messages"] = [*messages, {"role": "user", "content": content}]
+    for key, value in args.option:
+        if key in _CLI_SET_KEYS or not key.strip():
+            parser.error(f"-o {key!r}: not an option to set (the command sets messages, prompt and stream)")
+        request[key] = _cli_json_value(value)
+    request["stream"] = not (args.no_stream or args.json)
     return request
 
 
-def _cli_print(args: argparse.Namespace, result: Any) -> None:
+def _cli_images(parser: argparse.ArgumentParser, images: list[str]) -> list[dict[str, Any]]:
+    parts = []
+    for image in images:
+        try:
+            parts.append(image_part(image))
+        except (OSError, ValueError) as exc:
+            detail = getattr(exc, "strerror", None) or str(exc).partition(";")[0]  # not the API's "pass mime_type="
+            parser.error(f"--image {image}: {detail}")
+    return parts
+
+
+def _cli_messages(args: argparse.Namespace, images: list[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
+    content: Any = [{"type": "text", "text": prompt}, *images] if images else prompt
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    return [*system, {"role": "user", "content": content}]
+
+
+class _CliTimer:
+    """When an answer started, gave its first text and ended, and its token counts: what --usage prints."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.first_text: float | None = None
+        self.usage: Any = None
+
+    def saw(self, chunk: Any) -> None:
+        if self.first_text is None:
+            self.first_text = time.monotonic()
+        if getattr(chunk, "usage", None) is not None:
+            self.usage = chunk.usage
+
+    def report(self) -> str:
+        ended = time.monotonic()
+        first = self.first_text or ended
+        usage = self.usage
+        tokens_in = getattr(usage, "prompt_tokens", None)
+        tokens_out = getattr(usage, "completion_tokens", None)
+        parts = [f"{'?' if tokens_in is None else tokens_in} tokens in, {'?' if tokens_out is None else tokens_out} out"]
+        parts.append(f"first token after {first - self.started:.2f} s")
+        if tokens_out and ended > first:
+            parts.append(f"{tokens_out / (ended - first):.1f} tokens/s")
+        elif tokens_out:
+            parts.append(f"{tokens_out / max(ended - self.started, 1e-9):.1f} tokens/s")
+        return "; ".join(parts)
+
+
+def _cli_answer(client: Together, args: argparse.Namespace, request: dict[str, Any]) -> str:
+    """Make one request and print its answer as it arrives; the answer's text."""
+    timer = _CliTimer()
+    endpoint = client.chat.completions if args.command == "chat" else client.completions
+    result = endpoint.create(**request)
     out = sys.stdout
     if args.json:
-        out.write(result.model_dump_json(indent=2) + "\n")
-        return
-    if not isinstance(result, Stream):
-        choice = result.choices[0]
-        out.write((choice.message.content if args.command == "chat" else choice.text) or "")
+        out.write(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        return ""
+    if isinstance(result, Stream):
+        pieces = []
+        with result:
+            try:
+                for chunk in result:
+                    timer.saw(chunk)
+                    piece = _cli_piece(args.command, chunk)
+                    if piece:
+                        pieces.append(piece)
+                        out.write(piece)
+                        out.flush()
+            except TogetherException:
+                out.write("\n")  # end the line of text before the error line
+                raise
         out.write("\n")
-        return
-    with result:
-        try:
-            for chunk in result:
-                piece = _cli_piece(args.command, chunk)
-                if piece:
-                    out.write(piece)
-                    out.flush()
-        except TogetherException:
-            out.write("\n")  # end the line of text before the error line
-            raise
-    out.write("\n")
+        text = "".join(pieces)
+    else:
+        timer.saw(result)
+        choice = result.choices[0]
+        text = (choice.message.content if args.command == "chat" else choice.text) or ""
+        out.write(text + "\n")
+    if args.usage:
+        out.flush()
+        sys.stderr.write(timer.report() + "\n")
+    return text
 
 
 def _cli_piece(command: str, chunk: Any) -> str | None:
@@ -4549,6 +4675,49 @@ def _cli_piece(command: str, chunk: Any) -> str | None:
     return choice.delta.content if choice.delta is not None else None
 
 
+def _cli_conversation(client: Together, args: argparse.Namespace, request: dict[str, Any]) -> None:
+    """``together-lite chat`` on a terminal: a conversation, its history sent with each turn."""
+    try:
+        import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
+    except ImportError:  # pragma: no cover (Windows)
+        pass
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(system)
+    sys.stderr.write(
+        f"Chatting with {request['model']}. /reset starts over; exit or Ctrl-D leaves; Ctrl-C stops an answer.\n"
+    )
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            sys.stdout.write("\n")
+            return
+        except KeyboardInterrupt:  # at the prompt: a fresh line, as a shell does
+            sys.stdout.write("\n")
+            continue
+        text = line.strip()
+        if text in ("exit", "quit", "/exit", "/quit"):
+            return
+        if text in ("/reset", "/clear"):
+            history = list(system)
+            sys.stderr.write("(the conversation starts over)\n")
+            continue
+        if not text:
+            continue
+        turn = [*history, {"role": "user", "content": line}]
+        try:
+            answer = _cli_answer(client, args, {**request, "messages": turn})
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            sys.stderr.write("(stopped)\n")
+            continue
+        except TogetherException as exc:
+            sys.stdout.flush()
+            sys.stderr.write(_cli_error_line(exc) + "\n")
+            continue
+        history = [*turn, {"role": "assistant", "content": answer}]
+
+
 def _cli_error_line(exc: TogetherException) -> str:
     message = exc.message
     if isinstance(exc, APIStatusError) and exc.status_code is not None:
@@ -4557,15 +4726,40 @@ def _cli_error_line(exc: TogetherException) -> str:
     return "error: " + " ".join(message.split())  # one line, whatever the server's message holds
 
 
+def _cli_retry_note(reason: str, delay: float, retry: int, max_retries: int) -> None:
+    sys.stderr.write(f"{reason}; retrying in {delay:.1f} s ({retry}/{max_retries})\n")
+    sys.stderr.flush()
+
+
+def _cli_warning(message: Any, category: Any, *rest: Any, **more: Any) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def _cli_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check the arguments (usage errors exit 2), make the client, and answer or converse."""
+    prompt = _cli_prompt(parser, args)
+    request = _cli_request(parser, args)
+    images = _cli_images(parser, args.image) if args.command == "chat" else []
+    with Together(max_retries=args.max_retries) as client:
+        client._on_retry = _cli_retry_note
+        if prompt is None:
+            _cli_conversation(client, args, request)
+        elif args.command == "complete":
+            _cli_answer(client, args, {**request, "prompt": prompt})
+        else:
+            _cli_answer(client, args, {**request, "messages": _cli_messages(args, images, prompt)})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``together-lite`` command: ``chat`` and ``complete``. Returns the exit status."""
+    import warnings
+
     parser = _cli_parser()
     args = parser.parse_args(argv)
     try:
-        request = _cli_request(args, _cli_prompt(parser, args.prompt))
-        with Together() as client:
-            endpoint = client.chat.completions if args.command == "chat" else client.completions
-            _cli_print(args, endpoint.create(**request))
+        with warnings.catch_warnings():
+            warnings.showwarning = _cli_warning  # one line, without Python's source quote
+            _cli_run(parser, args)
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         return 130
@@ -4577,7 +4771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
         return 141
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     return 0

@@ -5367,10 +5367,11 @@ def aio_shutdown_workers(client: tl.AsyncTogether, seconds: float = 3.0) -> None
     """Join the client's worker threads (so abandoned calls have finished); fail if they hang."""
     executor = client._executor
     assert executor is not None
-    joiner = threading.Thread(target=executor.shutdown, daemon=True)
-    joiner.start()
-    joiner.join(seconds)
-    assert not joiner.is_alive(), "a worker thread is still blocked"
+    executor.shutdown()
+    deadline = time.monotonic() + seconds
+    while executor.threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert executor.threads == 0, "a worker thread is still blocked"
 
 
 def aio_run(coroutine: Any, seconds: float = 10.0) -> Any:
@@ -5814,9 +5815,9 @@ def test_the_executor_is_created_on_the_first_call_and_sized_by_max_workers(aio_
         return first, client._executor
 
     first, second = aio_run(main())
-    assert isinstance(first, concurrent.futures.ThreadPoolExecutor)
+    assert isinstance(first, tl._Workers)
     assert second is first
-    assert first._max_workers == 7
+    assert first.max_workers == 7
     aio_run(client.close())
 
 
@@ -5824,7 +5825,7 @@ def test_the_default_executor_has_512_workers(aio_server: Server) -> None:
     client = aio_make_client(aio_server)
     aio_run(chat(client))
     assert client._executor is not None
-    assert client._executor._max_workers == 512
+    assert client._executor.max_workers == 512
     aio_run(client.close())
 
 
@@ -5907,6 +5908,93 @@ def test_a_closed_client_starts_a_new_executor_when_used_again(aio_server: Serve
     response = aio_run(chat(client))
     assert response.choices[0].message.content == "Hello there."
     assert client._executor is not None and client._executor is not old
+    aio_run(client.close())
+
+
+# -- Async: workers, and streams that wait without a thread ---------------------------------------
+
+
+def test_a_burst_runs_on_as_many_workers_as_it_needs_and_idle_ones_retire(
+    aio_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tl._Workers, "idle_seconds", 0.05)
+    monkeypatch.setattr(tl._Workers, "warm", 2)
+    aio_server.default = Reply(200, CHAT_RESPONSE, delay=0.2)
+    client = aio_make_client(aio_server)
+
+    async def burst() -> List[Any]:
+        return await asyncio.gather(*(chat(client) for _ in range(12)))
+
+    assert len(aio_run(burst())) == 12
+    workers = client._executor
+    assert workers is not None and 2 <= workers.threads <= 12
+    deadline = time.monotonic() + 5
+    while workers.threads > 2 and time.monotonic() < deadline:  # idle ones end, the warm ones stay
+        time.sleep(0.01)
+    assert workers.threads == 2
+    assert len(aio_run(burst())) == 12  # and the pool grows again
+    aio_run(client.close())
+
+
+def test_calls_beyond_max_workers_wait_for_a_free_worker(aio_server: Server) -> None:
+    aio_server.default = aio_echo
+    client = aio_make_client(aio_server, max_workers=2)
+
+    async def main() -> List[str]:
+        answers = await asyncio.gather(*(aio_ask(client, str(n)) for n in range(7)))
+        return [answer.choices[0].message.content for answer in answers]
+
+    assert aio_run(main()) == [f"re: {n}" for n in range(7)]
+    assert client._executor is not None and client._executor.threads <= 2
+    aio_run(client.close())
+
+
+def test_streams_waiting_for_their_next_chunk_hold_no_worker(aio_server: Server, cli_gate: threading.Event) -> None:
+    def first_then_wait(handler: Handler) -> None:
+        cli_start_stream(handler, chunk("first "))
+        cli_gate.wait(10)
+        for piece in sse(chunk("last"), chunk(finish="stop")):
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        handler.wfile.write(b"0\r\n\r\n")
+
+    aio_server.default = first_then_wait
+    client = aio_make_client(aio_server, max_workers=4)
+
+    async def read(stream: Any) -> str:
+        return "".join([part.choices[0].delta.content or "" async for part in stream])
+
+    async def main() -> List[str]:
+        streams = await asyncio.gather(*(chat(client, stream=True) for _ in range(20)))
+        readers = [asyncio.ensure_future(read(stream)) for stream in streams]
+        await aio_until(lambda: all(stream._waiter is not None for stream in streams))
+        workers = client._executor
+        assert workers is not None and workers._spare == workers.threads  # every worker is idle
+        cli_gate.set()
+        return await asyncio.gather(*readers)
+
+    assert aio_run(main()) == ["first last"] * 20  # 20 streams progressed on at most 4 threads
+    aio_run(client.close())
+
+
+def test_closing_a_stream_wakes_a_read_waiting_in_another_task(aio_server: Server, cli_gate: threading.Event) -> None:
+    aio_server.default = lambda handler: (cli_start_stream(handler, chunk("only ")), cli_gate.wait(10))
+    client = aio_make_client(aio_server)
+
+    async def main() -> List[Any]:
+        stream = await chat(client, stream=True)
+        parts: List[Any] = []
+
+        async def read() -> None:
+            async for part in stream:
+                parts.append(part.choices[0].delta.content)
+
+        reader = asyncio.ensure_future(read())
+        await aio_until(lambda: stream._waiter is not None)
+        await stream.aclose()
+        await asyncio.wait_for(reader, 5)  # ends, as a stream closed on purpose does
+        return parts
+
+    assert aio_run(main()) == ["only "]
     aio_run(client.close())
 
 

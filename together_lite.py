@@ -35,7 +35,7 @@ from enum import Enum
 TYPE_CHECKING = False  # saves importing typing at run time
 if TYPE_CHECKING:
     import argparse
-    import concurrent.futures
+    import asyncio
     import logging
     import socket
     import ssl
@@ -591,7 +591,7 @@ def _connection_error(exc: BaseException, doing: str, where: object) -> APIConne
 
 
 #: How a retry note names a failure, by its kind.
-_REASONS = {
+_REASONS: Mapping[type[BaseException], str] = {
     ConnectionRefusedError: "connection refused by {where}",
     ConnectionResetError: "connection reset by {where}",
     BrokenPipeError: "connection closed by {where}",
@@ -1498,6 +1498,25 @@ class Stream(_Generic[_T]):
     def _closed(self) -> bool:
         return self._reader.stopped
 
+    def _ready(self) -> bool:
+        """Whether the next read can go ahead without waiting for the server: bytes are here, or it ended."""
+        return self._reader.stopped or self._deferred is not None or self._http.ready()
+
+    def _fileno(self) -> int:
+        return self._http.fileno()
+
+    def _read_timeout(self) -> float | None:
+        return self._http.read_timeout()
+
+    def _timed_out(self) -> APIConnectionError:
+        """The error a read that waited too long raises; the stream is closed."""
+        import socket
+
+        error = _connection_error(socket.timeout(), "reading the stream from", self._http.route)
+        error.request = self.response.request
+        self.close()
+        return error
+
     def __iter__(self) -> Stream[_T]:
         return self  # the loop holds the stream, so the stream stays open while it runs
 
@@ -2034,6 +2053,19 @@ class _Connection:
         """How many received bytes no one has read yet."""
         return self.raw.received - self.reader.tell()
 
+    def ready(self) -> bool:
+        """Whether a read would find bytes without waiting: some are buffered here, or in the TLS layer."""
+        return self.unread() > 0 or self.tls_pending()
+
+    def buffered(self) -> bytes:
+        """The bytes received and not yet read, without a system call."""
+        return self.reader.peek(1) if self.unread() else b""  # peek() reads nothing more while it has bytes
+
+    def tls_pending(self) -> bool:
+        """Whether the TLS layer holds decrypted bytes, which the socket no longer shows as readable."""
+        pending = getattr(self.sock, "pending", None)
+        return pending is not None and pending() > 0
+
     def peek_now(self) -> bytes:
         """The bytes a read would get without waiting (from the buffer, or else one non-blocking read)."""
         import contextlib
@@ -2233,6 +2265,11 @@ def _decoder(headers: Mapping[str, str], transfer_codings: list[str]) -> _Decode
     return _Decoder(codings) if codings else None
 
 
+def _ends_an_event(data: bytes) -> bool:
+    """Whether these next bytes of an event stream hold a blank line, the end of an event."""
+    return b"\n\n" in data or b"\r\n\r\n" in data or b"\r\r" in data
+
+
 class _Response:
     """A response from the transport: status, headers, and a body to read once.
 
@@ -2294,6 +2331,24 @@ class _Response:
     def finished(self) -> bool:
         """Whether the connection was released or closed."""
         return self._finished
+
+    def ready(self) -> bool:
+        """Whether reading on cannot wait for the server: a whole event is already here, or the body is done.
+
+        Only the bytes already received count (no system call): a chunk's trailing
+        line end or half an event would have the read wait for the rest.
+        """
+        if self._finished or self._eof:
+            return True
+        if self._decoder is not None:  # compressed: any bytes may decode to an event
+            return self._connection.ready()
+        return _ends_an_event(self._connection.buffered()) or self._connection.tls_pending()
+
+    def fileno(self) -> int:
+        return self._connection.sock.fileno()
+
+    def read_timeout(self) -> float | None:
+        return self._connection.sock.gettimeout()
 
     def public(self, request: Request | None, content: bytes | None = None) -> Response:
         """This response as errors, streams and raw responses show it."""
@@ -2430,8 +2485,7 @@ class _Response:
         """
         if self._finished or self._eof or self._decoder is not None:
             return False
-        ahead = self._connection.peek_now()
-        return b"\n\n" in ahead or b"\r\n\r\n" in ahead or b"\r\r" in ahead
+        return _ends_an_event(self._connection.peek_now())
 
     def release(self) -> None:
         """Done with the body: reuse the connection if the body was read to its end, else close it."""
@@ -3886,12 +3940,132 @@ class Completions(_Resource):
 _END = object()  # what next() returns at the end; StopIteration cannot cross into a Future
 
 
-def _close_abandoned(future: concurrent.futures.Future[Any]) -> None:
-    """A cancelled call that still produced a stream or a response: close it."""
-    if not future.cancelled() and future.exception() is None:
-        result = future.result()
-        if isinstance(result, (Stream, _Response)):
-            result.close()
+class _Workers:
+    """The threads an AsyncTogether runs blocking calls on.
+
+    A thread is started for a job only when no idle one can take it, and
+    without waiting for it to run (ThreadPoolExecutor waits for each new
+    thread to start, which is most of a burst's cost). A few stay warm; the
+    others end after ``idle_seconds`` without work.
+    """
+
+    idle_seconds = 60.0
+    warm = 4  # threads kept however long they are idle
+
+    def __init__(self, max_workers: int) -> None:
+        import queue
+
+        self.max_workers = max_workers
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._empty = queue.Empty
+        self._lock = threading.Lock()
+        self._threads = 0  # running
+        self._spare = 0  # idle, and not yet promised to a submitted job
+        self._waiting = 0  # jobs queued with no worker promised (all were busy)
+        self._shut = False
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> None:
+        """Run ``function(*args)`` on a worker; it delivers its own result."""
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot submit after the workers were shut down")
+            self._jobs.put((function, args))
+            if self._spare:
+                self._spare -= 1
+                return
+            if self._threads >= self.max_workers:
+                self._waiting += 1  # the next worker to finish takes it
+                return
+            self._threads += 1
+        import _thread
+
+        _thread.start_new_thread(self._work, ())
+
+    def shutdown(self) -> None:
+        """No new jobs; each worker ends when it is done with its current one."""
+        with self._lock:
+            self._shut = True
+            threads = self._threads
+        for _ in range(threads):
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self.idle_seconds)
+            except self._empty:
+                if self._retire():
+                    return
+                continue
+            if job is None:
+                self._leave()
+                return
+            function, args = job
+            function(*args)
+            del job, function, args  # nothing of a finished job stays alive while the thread waits
+            with self._lock:
+                if self._waiting:
+                    self._waiting -= 1
+                else:
+                    self._spare += 1
+
+    def _retire(self) -> bool:
+        with self._lock:
+            if self._spare and self._threads > self.warm:
+                self._spare -= 1
+                self._threads -= 1
+                return True
+            return False
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._threads -= 1
+            self._spare = max(self._spare - 1, 0)
+
+    @property
+    def threads(self) -> int:
+        """How many worker threads are running."""
+        return self._threads
+
+
+def _run_for(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], context: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """In a worker: run ``function`` in ``context`` and hand its outcome to ``future`` on its loop."""
+    try:
+        result = context.run(function, *args)
+    except BaseException as exc:  # delivered to the awaiting task, whatever it is
+        _deliver(loop, future, _set_exception, exc)
+    else:
+        _deliver(loop, future, _set_result, result)
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], setter: Callable[[Any, Any], None], value: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(setter, future, value)
+    except RuntimeError:  # the loop is closed: nobody will take the result
+        _close_abandoned(value)
+
+
+def _wake(future: asyncio.Future[bool], ready: bool = True) -> None:
+    if not future.done():
+        future.set_result(ready)
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if future.cancelled():
+        _close_abandoned(result)  # the task gave up on the call while it ran
+    else:
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.cancelled():
+        future.set_exception(exc)
+
+
+def _close_abandoned(result: Any) -> None:
+    """A result nobody will take: close it if it holds a connection."""
+    if isinstance(result, (Stream, _Response)):
+        result.close()
 
 
 class AsyncTogether:
@@ -3931,7 +4105,7 @@ class AsyncTogether:
             http_client=http_client,
         )
         self.max_workers = _as_int("max_workers", max_workers, 1) or DEFAULT_MAX_WORKERS
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: _Workers | None = None
         self._executor_lock = threading.Lock()
         self._owns_executor = True
         self.chat = AsyncChat(self)
@@ -3994,7 +4168,7 @@ class AsyncTogether:
             with self._executor_lock:
                 executor, self._executor = self._executor, None
             if executor is not None:
-                executor.shutdown(wait=False)
+                executor.shutdown()
         self._sync.close()
 
     aclose = close
@@ -4008,32 +4182,28 @@ class AsyncTogether:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _pool(self) -> _Workers:
         executor = self._executor
         if executor is None:
             with self._executor_lock:
                 if self._executor is None:
-                    import concurrent.futures
-
-                    self._executor = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=self.max_workers, thread_name_prefix="together_lite"
-                    )
+                    self._executor = _Workers(self.max_workers)
                 executor = self._executor
         return executor
 
     async def _run(self, cancel: _Cancel | None, function: Callable[..., Any], *args: Any) -> Any:
-        """Run ``function`` on the pool with this task's contextvars; cancelling the task abandons it."""
+        """Run ``function`` on a worker with this task's contextvars; cancelling the task abandons it."""
         import asyncio
         import contextvars
 
-        context = contextvars.copy_context()
-        future = self._pool().submit(context.run, function, *args)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pool().submit(_run_for, loop, future, contextvars.copy_context(), function, args)
         try:
-            return await asyncio.wrap_future(future)
+            return await future
         except asyncio.CancelledError:
             if cancel is not None:
                 cancel.cancel()
-            future.add_done_callback(_close_abandoned)
             raise
 
     async def _execute(self, call: _Call) -> Any:
@@ -4047,15 +4217,18 @@ class AsyncTogether:
         return await self._run(call.cancel, self._sync._send, call, read_body)  # type: ignore[no-any-return]
 
     async def _next_batch(self, stream: AsyncStream[Any]) -> Any:
-        """The stream's next chunks, read on the pool; a cancelled read closes the stream, cut off."""
+        """The stream's next chunks. The wait for them is on the event loop; only the read is on a worker,
+        so a thousand waiting streams hold no threads. A cancelled read closes the stream, cut off."""
         import asyncio
 
-        future = self._pool().submit(stream.stream._next_available)
+        sync = stream.stream
         try:
-            return await asyncio.wrap_future(future)
+            if not sync._ready():
+                await stream._readable()
+            return await self._run(None, sync._next_available)
         except asyncio.CancelledError:
             stream._cut_off = True
-            stream.stream.close()
+            sync.close()
             raise
 
 
@@ -4070,6 +4243,31 @@ class AsyncStream(_Generic[_T]):
         self._client = client
         self._pending: Iterator[Any] = iter(())
         self._cut_off = False  # a read was cancelled, which closed the stream mid-way
+        self._waiter: asyncio.Future[bool] | None = None  # set while waiting for the socket to have bytes
+
+    async def _readable(self) -> None:
+        """Wait on the event loop until the stream's socket has bytes or an end (at once where it cannot).
+
+        The wait has the read timeout a blocking read would have.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fd, timeout = self.stream._fileno(), self.stream._read_timeout()
+        waiter = self._waiter = loop.create_future()
+        try:
+            loop.add_reader(fd, _wake, waiter)
+        except NotImplementedError:  # Windows' proactor loop watches no sockets: the read waits on a worker
+            return
+        expiry = None if timeout is None else loop.call_later(timeout, _wake, waiter, False)
+        try:
+            if not await waiter:
+                raise self.stream._timed_out()
+        finally:
+            loop.remove_reader(fd)
+            if expiry is not None:
+                expiry.cancel()
+            self._waiter = None
 
     @property
     def response(self) -> Response:
@@ -4100,6 +4298,8 @@ class AsyncStream(_Generic[_T]):
         """Stop reading and release the connection."""
         self._pending = iter(())
         self._cut_off = False  # closed on purpose: reading on just ends
+        if self._waiter is not None:
+            _wake(self._waiter)  # a read waiting in another task goes on, to the end
         self.stream.close()
 
     close = aclose

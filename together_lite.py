@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import Enum
 
 # socket, ssl and the rest are imported when first needed, so that importing
@@ -600,16 +600,34 @@ _REASONS: Mapping[type[BaseException], str] = {
 
 # -- Result types -------------------------------------------------------------
 #
-# Plain dataclasses, built straight from the JSON without validation: a field the
-# server adds later is kept as an attribute and in model_dump(), a missing field
-# reads as None, and strings such as finish_reason are never forced into enums.
+# Built straight from the JSON without validation: a field the server adds later
+# is kept as an attribute and in model_dump(), a missing field reads as None, and
+# strings such as finish_reason are never forced into enums. Each class declares
+# its fields with their types; a field whose type is another result type (or a
+# list of one) is built as one. They are not dataclasses: dataclasses.replace()
+# and asdict() know only the declared fields and would drop what the server added.
 
 
 class _Model:
     """Base of the result types: the declared fields, plus whatever else the server sent."""
 
     __slots__ = ("_request_id_slot",)  # kept out of __dict__, which holds what the server sent
+    #: The declared field names, in order, the base class's first.
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
+    #: (field, converter) for the fields whose JSON becomes objects (or floats).
     _NESTED: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]] = ()
+    #: A class's own converters, for fields its annotations cannot tell.
+    _CONVERT: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        own = [name for name in vars(cls).get("__annotations__", {}) if not name.startswith("_")]
+        cls._FIELDS = (*cls._FIELDS, *(name for name in own if name not in cls._FIELDS))
+        convert = {name: _converter_for(cls.__annotations__[name]) for name in own}
+        convert.update(vars(cls).get("_CONVERT", {}))
+        nested = dict(cls._NESTED)
+        nested.update((name, function) for name, function in convert.items() if function is not None)
+        cls._NESTED = tuple(nested.items())
 
     def __init__(self, **data: Any) -> None:
         """Fields by name; names the type does not declare are kept too, as in a response."""
@@ -634,8 +652,8 @@ class _Model:
             if value is not None:
                 attrs[name] = convert(value)
 
-    def _declared(self) -> list[str]:
-        return [field.name for field in fields(self)]  # type: ignore[arg-type]
+    def _declared(self) -> tuple[str, ...]:
+        return type(self)._FIELDS
 
     def _items(self) -> dict[str, Any]:
         items = {name: getattr(self, name) for name in self._declared()}
@@ -832,7 +850,23 @@ def _list_of(model: type[_Model]) -> Callable[[Any], Any]:
     return convert
 
 
-@dataclass(init=False, repr=False, eq=False)
+_ANNOTATION = re.compile(r"(list\[)?(\w+)(?: \| None)?\]?(?: \| None)?")
+
+
+def _converter_for(annotation: str) -> Callable[[Any], Any] | None:
+    """How a field's JSON is built, read from its annotation: ``Usage``, ``list[ChatChoice] | None``, ``float``."""
+    match = _ANNOTATION.fullmatch(annotation)
+    if match is None:
+        return None
+    is_list, name = match.groups()
+    if name == "float":
+        return _floats if is_list else _as_float
+    model = globals().get(name)
+    if not (isinstance(model, type) and issubclass(model, _Model)):
+        return None
+    return _list_of(model) if is_list else model._parse
+
+
 class FunctionCall(_Model):
     """The function a tool call invokes; ``arguments`` is a JSON string."""
 
@@ -840,7 +874,6 @@ class FunctionCall(_Model):
     arguments: str = _DECLARED
 
 
-@dataclass(init=False, repr=False, eq=False)
 class ToolCall(_Model):
     """One tool call made by the model."""
 
@@ -850,7 +883,6 @@ class ToolCall(_Model):
     index: int | None = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class Usage(_Model):
     """Token counts of a request."""
 
@@ -861,7 +893,6 @@ class Usage(_Model):
     completion_tokens_details: Any = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class Logprobs(_Model):
     """Log probabilities of the generated (or, with ``echo``, the prompt's) tokens."""
 
@@ -874,7 +905,6 @@ class Logprobs(_Model):
     refusal: list[Any] | None = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class PromptPart(_Model):
     """The prompt echoed back with ``echo=True``, with its log probabilities."""
 
@@ -882,14 +912,12 @@ class PromptPart(_Model):
     logprobs: Logprobs | None = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class InferenceWarning(_Model):
     """A warning the server attached to a result."""
 
     message: str | None = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class ChatMessage(_Model):
     """The assistant's message in a chat completion."""
 
@@ -904,7 +932,6 @@ class ChatMessage(_Model):
     audio: Any = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class ChatChoice(_Model):
     """One choice of a chat completion."""
 
@@ -917,7 +944,6 @@ class ChatChoice(_Model):
     top_logprobs: Any = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class ChatCompletionResponse(_Model):
     """The result of ``client.chat.completions.create(...)``."""
 
@@ -933,7 +959,6 @@ class ChatCompletionResponse(_Model):
     service_tier: str | None = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class ChatDelta(_Model):
     """The new part of the message carried by one stream chunk."""
 
@@ -947,7 +972,6 @@ class ChatDelta(_Model):
     refusal: str | None = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class ChatChoiceDelta(_Model):
     """One choice of a chat stream chunk."""
 
@@ -958,8 +982,9 @@ class ChatChoiceDelta(_Model):
     seed: int | None = None
     top_logprobs: Any = None
 
+    _CONVERT = {"logprobs": _as_float}  # a number in Together's chunks, an object in openai's
 
-@dataclass(init=False, repr=False, eq=False)
+
 class CompletionToken(_Model):
     """The token carried by one completion stream chunk."""
 
@@ -969,7 +994,6 @@ class CompletionToken(_Model):
     special: bool | None = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class ChatCompletionChunk(_Model):
     """One chunk of a streamed chat completion."""
 
@@ -986,7 +1010,6 @@ class ChatCompletionChunk(_Model):
     service_tier: str | None = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class CompletionChoice(_Model):
     """One choice of a text completion."""
 
@@ -997,7 +1020,6 @@ class CompletionChoice(_Model):
     seed: int | None = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class CompletionResponse(_Model):
     """The result of ``client.completions.create(...)``."""
 
@@ -1012,7 +1034,6 @@ class CompletionResponse(_Model):
     system_fingerprint: str | None = None
 
 
-@dataclass(init=False, repr=False, eq=False)
 class CompletionChoiceDelta(_Model):
     """One choice of a text completion stream chunk."""
 
@@ -1023,8 +1044,9 @@ class CompletionChoiceDelta(_Model):
     seed: int | None = None
     delta: ChatDelta | None = None
 
+    _CONVERT = {"logprobs": _as_float}  # a number in Together's chunks, an object in openai's
 
-@dataclass(init=False, repr=False, eq=False)
+
 class CompletionChunk(_Model):
     """One chunk of a streamed text completion."""
 
@@ -1040,43 +1062,6 @@ class CompletionChunk(_Model):
     warnings: list[InferenceWarning] | None = None
 
 
-ToolCall._NESTED = (("function", FunctionCall._parse),)
-Logprobs._NESTED = (("token_logprobs", _floats),)
-CompletionToken._NESTED = (("logprob", _as_float),)
-PromptPart._NESTED = (("logprobs", Logprobs._parse),)
-ChatMessage._NESTED = (("tool_calls", _list_of(ToolCall)), ("function_call", FunctionCall._parse))
-ChatChoice._NESTED = (("message", ChatMessage._parse), ("logprobs", Logprobs._parse))
-ChatCompletionResponse._NESTED = (
-    ("choices", _list_of(ChatChoice)),
-    ("usage", Usage._parse),
-    ("prompt", _list_of(PromptPart)),
-    ("warnings", _list_of(InferenceWarning)),
-)
-ChatDelta._NESTED = ChatMessage._NESTED
-ChatChoiceDelta._NESTED = (("delta", ChatDelta._parse), ("logprobs", _as_float))
-ChatCompletionChunk._NESTED = (
-    ("choices", _list_of(ChatChoiceDelta)),
-    ("usage", Usage._parse),
-    ("token", CompletionToken._parse),
-    ("warnings", _list_of(InferenceWarning)),
-)
-CompletionChoice._NESTED = (("logprobs", Logprobs._parse),)
-CompletionResponse._NESTED = (
-    ("choices", _list_of(CompletionChoice)),
-    ("usage", Usage._parse),
-    ("prompt", _list_of(PromptPart)),
-    ("warnings", _list_of(InferenceWarning)),
-)
-CompletionChoiceDelta._NESTED = (("delta", ChatDelta._parse), ("logprobs", _as_float))
-CompletionChunk._NESTED = (
-    ("choices", _list_of(CompletionChoiceDelta)),
-    ("usage", Usage._parse),
-    ("token", CompletionToken._parse),
-    ("warnings", _list_of(InferenceWarning)),
-)
-
-
-@dataclass(init=False, repr=False, eq=False)
 class ErrorResponse(_Model):
     """The error object of an error body, as ``exception.api_response``."""
 
@@ -3040,36 +3025,25 @@ def _pause(seconds: float, cancel: _Cancel | None) -> None:
         cancel.wait(seconds)
 
 
+@dataclass(eq=False)
 class _Call:
     """One API call, checked and ready to send, with what its sending learns (retries, time)."""
 
-    __slots__ = (
-        "_request", "body", "cancel", "client", "elapsed", "headers", "max_retries",
-        "parse", "path", "retries_taken", "stream", "timeout",
-    )  # fmt: skip
+    client: Together
+    path: str  # the request target: base path, endpoint and query
+    body: dict[str, Any]
+    parse: Callable[[Any], Any]  # builds the result, or each chunk of a stream
+    headers: dict[str, str]
+    timeout: Any
+    max_retries: int
+    cancel: _Cancel | None = None  # set by AsyncTogether, so that a cancelled task abandons the call
+    retries_taken: int = 0
+    elapsed: float = 0.0  # seconds from sending to the response's head
+    _request: Request | None = None
 
-    def __init__(
-        self,
-        client: Together,
-        path: str,
-        body: dict[str, Any],
-        parse: Callable[[Any], Any],
-        headers: dict[str, str],
-        timeout: Any,
-        max_retries: int,
-    ) -> None:
-        self.client = client
-        self.path = path
-        self.body = body
-        self.parse = parse
-        self.stream = body.get("stream") is True
-        self.headers = headers
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.cancel: _Cancel | None = None  # set by AsyncTogether, so that a cancelled task abandons the call
-        self.retries_taken = 0
-        self.elapsed = 0.0
-        self._request: Request | None = None
+    @property
+    def stream(self) -> bool:
+        return self.body.get("stream") is True
 
     @property
     def request(self) -> Request:

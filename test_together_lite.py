@@ -6497,18 +6497,21 @@ def test_a_read_cancelled_by_a_timeout_makes_the_next_read_raise_not_end(aio_ser
     aio_run(client.close())
 
 
-def test_reading_a_stream_closed_while_a_cancelled_read_still_runs_just_ends(server: Server, client: tl.Together) -> None:
+def test_reading_a_stream_closed_while_a_cancelled_read_still_runs_just_ends(
+    server: Server, client: tl.Together, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server.reply(Reply(chunks=sse(chunk("a"), chunk("b", finish="stop"))))
-    stream = chat(client, stream=True)
     inside, release = threading.Event(), threading.Event()
-    parse = stream._reader._parse
 
-    def slow_parse(payload: Any) -> Any:
-        inside.set()
-        release.wait(5)
-        return parse(payload)
+    class SlowChunk(tl.ChatCompletionChunk):  # parsing waits, so that the read is caught inside the stream
+        @classmethod
+        def _parse(cls, payload: Any) -> Any:
+            inside.set()
+            release.wait(5)
+            return tl.ChatCompletionChunk._parse(payload)
 
-    stream._reader._parse = slow_parse
+    monkeypatch.setattr(tl.ChatCompletions, "_chunk", SlowChunk)
+    stream = chat(client, stream=True)
     abandoned = threading.Thread(target=stream._next_available)  # a read whose awaiting task was cancelled
     abandoned.start()
     try:

@@ -563,8 +563,17 @@ class _ProtocolError(Exception):
         self.retryable = retryable
 
 
-def _connection_error(exc: BaseException, doing: str, where: object) -> APIConnectionError:
-    """Translate a socket, TLS or HTTP-parsing failure into a together_lite error naming ``where`` (host:port)."""
+def _connection_error(exc: BaseException, doing: str, where: object, request: Request | None = None) -> APIConnectionError:
+    """Translate a socket, TLS or HTTP-parsing failure into a together_lite error naming ``where`` (host:port).
+
+    The one place such failures become the module's errors; ``request`` is attached when known.
+    """
+    error = _translated(exc, doing, where)
+    error.request = error.request or request
+    return error
+
+
+def _translated(exc: BaseException, doing: str, where: object) -> APIConnectionError:
     import socket
 
     if isinstance(exc, APIConnectionError):
@@ -1453,6 +1462,12 @@ class _SSEDecoder:
 
 
 # -- Streams ------------------------------------------------------------------
+#
+# One generator, _read_stream, owns a stream's whole life: it reads the body,
+# decodes its events, parses its chunks, finds its end ([DONE], or a
+# finish_reason before the server closes) or its cut-off, and releases or
+# closes the connection in its ``finally``. Stream hands out its chunks;
+# AsyncStream runs the same reads on a worker.
 
 
 class Stream(_Generic[_T]):
@@ -1467,12 +1482,15 @@ class Stream(_Generic[_T]):
     def __init__(self, response: _Response, parse: Callable[[Any], Any], request: Request | None = None) -> None:
         self._http = response
         self.response = response.public(request)
-        self._reader = _StreamReader(response, parse, self.response)
-        self._deferred: TogetherException | None = None  # an error held back behind chunks
-        # The generators refer to the reader, never to the stream, so a dropped stream is freed
+        # The generator refers to the response, never to the stream, so a dropped stream is freed
         # (and closes its socket) at once instead of waiting for the cycle collector.
-        self._batches: Generator[list[Any], None, None] = self._reader.batches()
-        self._chunks: Generator[Any, None, None] = _flatten(self._batches)
+        self._batches = _read_stream(response, parse, self.response)
+        self._pending: Iterator[Any] = iter(())
+        self._deferred: TogetherException | None = None  # an error held back behind chunks
+        self._lock = threading.Lock()  # orders close() in one thread against a read in another
+        self._reading = False
+        self._stopped = False  # close() was called
+        response.watch()  # so that close() can wake a read blocked in another thread
 
     @property
     def headers(self) -> dict[str, str]:
@@ -1481,32 +1499,17 @@ class Stream(_Generic[_T]):
 
     @property
     def _closed(self) -> bool:
-        return self._reader.stopped
-
-    def _ready(self) -> bool:
-        """Whether the next read can go ahead without waiting for the server: bytes are here, or it ended."""
-        return self._reader.stopped or self._deferred is not None or self._http.ready()
-
-    def _fileno(self) -> int:
-        return self._http.fileno()
-
-    def _read_timeout(self) -> float | None:
-        return self._http.read_timeout()
-
-    def _timed_out(self) -> APIConnectionError:
-        """The error a read that waited too long raises; the stream is closed."""
-        import socket
-
-        error = _connection_error(socket.timeout(), "reading the stream from", self._http.route)
-        error.request = self.response.request
-        self.close()
-        return error
+        return self._stopped
 
     def __iter__(self) -> Stream[_T]:
         return self  # the loop holds the stream, so the stream stays open while it runs
 
     def __next__(self) -> _T:
-        return next(self._chunks)  # type: ignore[no-any-return]
+        chunk = next(self._pending, _END)
+        while chunk is _END:
+            self._pending = iter(self._read())  # StopIteration at the end
+            chunk = next(self._pending, _END)
+        return chunk  # type: ignore[return-value]
 
     def __enter__(self) -> Stream[_T]:
         return self
@@ -1519,108 +1522,140 @@ class Stream(_Generic[_T]):
 
     def close(self) -> None:
         """Stop reading and release the connection (closed, unless the stream was complete)."""
-        if self._reader.stopped:
-            return
-        self._reader.stopped = True
-        try:
-            self._chunks.close()
-            self._batches.close()
-        except ValueError:  # the generator is running in another thread; unblock it instead
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._pending = iter(())  # chunks already read are not handed out any more
+            reading = self._reading
+            if not reading:  # under the lock, so that no read can start meanwhile
+                self._batches.close()
+                self._http.close()  # in case the generator never started
+        if reading:  # a read is blocked in another thread: wake it; its generator then closes the connection
             self._http.abort()
-        self._http.close()
+
+    def _read(self) -> list[Any]:
+        """The chunks of the next read of the body; StopIteration at the end."""
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+        with self._lock:
+            if self._stopped:
+                raise StopIteration
+            self._reading = True
+        try:
+            return next(self._batches)
+        except APIConnectionError:
+            if self._stopped:  # closed from another thread while this read waited: a stop, not a failure
+                raise StopIteration from None
+            raise
+        finally:
+            self._reading = False
 
     def _next_available(self) -> Any:
         """The next read's chunks, plus those of every read that would not wait (one thread hop for all).
 
-        Returns ``_END`` at the end. AsyncStream runs this in a worker thread.
+        Returns ``_END`` at the end. AsyncStream runs this on a worker.
         """
-        if self._deferred is not None:
-            error, self._deferred = self._deferred, None
-            raise error
-        if self._reader.stopped:  # closed, perhaps while a cancelled read still runs in another worker
-            return _END
-        batch: Any = next(self._batches, _END)
-        if batch is _END:
+        try:
+            batch = self._read()
+        except StopIteration:
             return _END
         try:
             while self._http.has_event():
-                more = next(self._batches, _END)
-                if more is _END:
-                    break
-                batch.extend(more)
+                batch.extend(self._read())
+        except StopIteration:
+            pass
         except TogetherException as exc:
             if not batch:
                 raise
             self._deferred = exc  # the chunks before the error reach the caller first
         return batch
 
+    def _ready(self) -> bool:
+        """Whether the next read can go ahead without waiting for the server: bytes are here, or it ended."""
+        return self._stopped or self._deferred is not None or self._http.ready()
 
-class _StreamReader:
-    """Turns a streamed response's body into lists of parsed chunks."""
+    def _fileno(self) -> int:
+        return self._http.fileno()
 
-    def __init__(self, response: _Response, parse: Callable[[Any], Any], public: Response) -> None:
-        self.response = response
-        self.public = public  # what its errors carry
-        self._parse = parse
-        self.stopped = False  # Stream.close() was called: a read that fails from now on is a stop
+    def _read_timeout(self) -> float | None:
+        return self._http.read_timeout()
 
-    def batches(self) -> Generator[list[Any], None, None]:
-        """Lists of chunks: all that one piece of the body completed, so none waits for the next read."""
-        try:
-            yield from self._read_batches()
-        except APIConnectionError as exc:
-            if not self.stopped:  # closed from another thread: a stop, not a failure
-                exc.request = exc.request or self.public.request
-                raise
-        finally:
-            self.response.close()
+    def _timed_out(self) -> APIConnectionError:
+        """The error a read that waited too long raises; the stream is closed."""
+        import socket
 
-    def _read_batches(self) -> Generator[list[Any], None, None]:
-        response = self.response
-        decoder = _SSEDecoder()
-        parse = self._parse
-        finished = False
-        for raw in response.iter_bytes():
+        self.close()
+        return _connection_error(socket.timeout(), "reading the stream from", self._http.route, self.response.request)
+
+
+def _read_stream(response: _Response, parse: Callable[[Any], Any], public: Response) -> Generator[list[Any], None, None]:
+    """A stream's whole life: the chunks of each read of the body (a list, maybe empty), to its end.
+
+    Ends at ``[DONE]``, or when the server closes after a chunk with a
+    finish_reason; raises at an error event and when the body stops before
+    either (a cut-off answer must never pass for a whole one). The connection
+    is released after a clean end and closed otherwise.
+    """
+    decoder = _SSEDecoder()
+    finished = clean = False
+    try:
+        for data in response.iter_bytes():
             batch: list[Any] = []
-            for event in decoder.feed(raw):
-                data = event.data
-                if not data:  # an empty "data:" line, sent by some servers as a keep-alive
+            for event in decoder.feed(data):
+                text = event.data
+                if not text:  # an empty "data:" line, sent by some servers as a keep-alive
                     continue
-                if data.startswith("[DONE]"):
-                    if batch:
-                        yield batch
-                    response.release()
-                    return
-                payload = self._decode(data)
-                error = _event_error(event.event, payload, self.public)
+                if text.startswith("[DONE]"):
+                    clean = True
+                    break
+                payload = _decode_event(text, public)
+                error = _event_error(event.event, payload, public)
                 if error is not None:
                     if batch:
                         yield batch  # the chunks before the error still reach the caller
                     raise error
-                if not finished:
-                    finished = _has_finish_reason(payload)
+                finished = finished or _has_finish_reason(payload)
                 batch.append(parse(payload))
-            yield batch  # one list per read, possibly empty
+            if batch or not clean:
+                yield batch  # one list per read, possibly empty
+            if clean:
+                return
         if not finished:
             unended = " Its last event was never ended by a blank line." if decoder.pending else ""
             raise APIConnectionError(
                 f"The stream from {response.route} ended before it was complete (no [DONE] and no finish_reason)."
                 + unended
             )
-        response.release()
+        clean = True
+    except APIConnectionError as exc:
+        exc.request = exc.request or public.request
+        raise
+    finally:
+        if clean:
+            response.release()
+        else:
+            response.close()
 
-    def _decode(self, data: str) -> Any:
-        try:
-            return json.loads(data)
-        except (ValueError, RecursionError):
-            raise JSONError(
-                f"The stream sent data that is not JSON: {_text_summary(data)!r}", response=self.public, body=data
-            ) from None
+
+def _decode_event(data: str, public: Response) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        message = f"The stream sent data that is not JSON: {_text_summary(data)!r}"
+        raise JSONError(message, response=public, body=data) from None
 
 
-def _flatten(batches: Iterator[list[Any]]) -> Generator[Any, None, None]:
-    for batch in batches:
-        yield from batch
+def _open_stream(response: _Response, call: _Call) -> Stream[Any]:
+    """A Stream over a response that should be one; an error or a JSON answer instead raises."""
+    kind = response.headers.get("content-type", "").lower()
+    if kind and "event-stream" not in kind:
+        _json_result(response, call)  # raises for an error object or a non-JSON body
+        raise APIError(
+            f"Asked for a stream, but the API answered with {kind}.", response=response.public(call.request, b"")
+        )
+    return Stream(response, call.parse, call.request)
 
 
 def _event_error(event: str | None, payload: Any, response: Response) -> APIError | None:
@@ -2267,9 +2302,11 @@ class _Response:
         self,
         connection: _Connection,
         head: tuple[str, int, str, dict[str, str]],
-        pool: _ConnectionPool,
         route: _Route,
+        done: Callable[[_Route, _Connection, bool], None],
         cancel: _Cancel | None = None,
+        *,
+        reusable: bool = True,
     ) -> None:
         version, status, reason, headers = head
         self.version = version
@@ -2279,10 +2316,7 @@ class _Response:
         self.route = route
         self._connection = connection
         self._reader = connection.reader
-        self._pool = pool
-        if cancel is None:  # still needed: a stream may be closed from another thread
-            cancel = _Cancel()
-            cancel.attach(connection)
+        self._done = done  # the transport's: it decides what becomes of the connection
         self._cancel = cancel
         transfer = [coding for coding in _codings(headers.get("transfer-encoding", "")) if coding != "identity"]
         self._chunked = bool(transfer) and transfer[-1] == "chunked"
@@ -2294,7 +2328,8 @@ class _Response:
             self._remaining = None  # Content-Length does not count when Transfer-Encoding is there
         else:
             self._remaining = _content_length(headers)
-        self.keep_alive = _keeps_alive(version, headers) and (self._chunked or self._remaining is not None)
+        framed = self._chunked or self._remaining is not None
+        self._keep_alive = reusable and framed and _keeps_alive(version, headers)
         self._chunk_left = 0  # bytes left in the current chunk
         self._need_crlf = False  # a chunk's data was read, its closing CRLF not yet
         self._received = 0
@@ -2473,18 +2508,17 @@ class _Response:
         return _ends_an_event(self._connection.peek_now())
 
     def release(self) -> None:
-        """Done with the body: reuse the connection if the body was read to its end, else close it."""
+        """Done with the body: the connection may be reused if the body was read to its end, else it is closed."""
         if self._finished:
             return
-        complete = self._eof or (self.keep_alive and self._drain())
+        complete = self._eof or (self._keep_alive and self._drain())
         self._finished = True
         # Bytes after a complete response are no answer to anything (RFC 9112 section 6.3):
         # a connection that has them is closed, or the next request would read them.
-        reusable = complete and self.keep_alive and not self._connection.unread()
-        if self._cancel.detach(self._connection) and reusable:
-            self._pool.put(self.route.origin, self._connection)
-        else:
-            self._connection.close()
+        reusable = complete and self._keep_alive and not self._connection.unread()
+        if self._cancel is not None and not self._cancel.detach(self._connection):
+            reusable = False  # a cancel shut it down
+        self._done(self.route, self._connection, reusable)
 
     def _drain(self) -> bool:
         """Read a short tail (a chunked stream's last empty chunk); whether the body ended."""
@@ -2502,12 +2536,20 @@ class _Response:
         if self._finished:
             return
         self._finished = True
-        self._cancel.detach(self._connection)
-        self._connection.close()
+        if self._cancel is not None:
+            self._cancel.detach(self._connection)
+        self._done(self.route, self._connection, False)
+
+    def watch(self) -> None:
+        """Make ``abort()`` possible: a cancel handle that forgets the connection once it is released."""
+        if self._cancel is None:
+            self._cancel = _Cancel()
+            self._cancel.attach(self._connection)
 
     def abort(self) -> None:
         """From another thread: unblock a read in progress and end the connection (unless already released)."""
-        self._cancel.cancel()
+        if self._cancel is not None:
+            self._cancel.cancel()
 
 
 # -- Transport: the connection pool and the seam ------------------------------
@@ -2715,7 +2757,7 @@ class _Transport:
                 raise _StaleConnection from exc
             raise self._error(exc, cancel, "sending the request to", route) from exc
         try:
-            return _Response(connection, _read_head(connection.reader), self.pool, route, cancel)
+            return _Response(connection, _read_head(connection.reader), route, self._recycle, cancel)
         except Exception as exc:
             connection.close()
             if reused and connection.raw.received == received and _never_answered(exc, cancel):
@@ -2724,12 +2766,17 @@ class _Transport:
 
     def _early_response(self, connection: _Connection, route: _Route, cancel: _Cancel | None) -> _Response | None:
         """The answer a server sent before it stopped reading a request (a 413 for a big upload), if any."""
-        try:
-            response = _Response(connection, _read_head(connection.reader), self.pool, route, cancel)
+        try:  # never reused: the rest of the request is still unread on the other side
+            return _Response(connection, _read_head(connection.reader), route, self._recycle, cancel, reusable=False)
         except Exception:
             return None  # no usable answer: the caller closes the connection and reports the send error
-        response.keep_alive = False  # the rest of the request is still unread on the other side
-        return response
+
+    def _recycle(self, route: _Route, connection: _Connection, reusable: bool) -> None:
+        """What a response does with its connection when done: back to the pool if reusable, else closed."""
+        if reusable:
+            self.pool.put(route.origin, connection)
+        else:
+            connection.close()
 
     @staticmethod
     def _error(exc: BaseException, cancel: _Cancel | None, doing: str, route: _Route) -> APIConnectionError:
@@ -3378,16 +3425,6 @@ def _not_an_object(response: Response, payload: Any) -> APIError:
     return JSONError(
         f"The API sent JSON that is not an object but a {type(payload).__name__}.", response=response, body=payload
     )
-
-
-def _open_stream(response: _Response, call: _Call) -> Stream[Any]:
-    kind = response.headers.get("content-type", "").lower()
-    if kind and "event-stream" not in kind:
-        _json_result(response, call)  # raises for an error object or a non-JSON body
-        raise APIError(
-            f"Asked for a stream, but the API answered with {kind}.", response=response.public(call.request, b"")
-        )
-    return Stream(response, call.parse, call.request)
 
 
 # -- Clients: raw responses ---------------------------------------------------

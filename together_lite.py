@@ -18,6 +18,7 @@ Streaming (``stream=True``), ``AsyncTogether``, tools, JSON mode, logprobs,
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import json
@@ -45,10 +46,12 @@ if TYPE_CHECKING:
         Callable,
         ClassVar,
         Collection,
+        Final,
         Generator,
         Iterator,
         Literal,
         Mapping,
+        NamedTuple,
         Sequence,
         TypeVar,
         Union,
@@ -152,34 +155,61 @@ __version__ = "1.0.0"
 
 # -- Constants ----------------------------------------------------------------
 
-DEFAULT_BASE_URL = "https://api.together.xyz/v1"
-DEFAULT_TIMEOUT = 600.0  # seconds, for connecting and for each read
-DEFAULT_MAX_RETRIES = 5
-DEFAULT_MAX_WORKERS = 512  # threads of an AsyncTogether; started only when needed
-INITIAL_RETRY_DELAY = 0.5  # seconds, doubled on each retry
-MAX_RETRY_DELAY = 8.0  # seconds
-MAX_RETRY_AFTER = 60.0  # seconds; a server asking for a longer wait is not retried
+#: The API a client talks to when neither ``base_url`` nor TOGETHER_BASE_URL says otherwise.
+DEFAULT_BASE_URL: Final = "https://api.together.xyz/v1"
+#: Seconds allowed for connecting, for each read and for each wait while sending (the v1 SDK's).
+DEFAULT_TIMEOUT: Final = 600.0
+#: Retries after a failed attempt (the v1 SDK's).
+DEFAULT_MAX_RETRIES: Final = 5
+#: Threads an AsyncTogether may run at once; started only when needed.
+DEFAULT_MAX_WORKERS: Final = 512
+#: Seconds before the first retry; doubled on each one after.
+INITIAL_RETRY_DELAY: Final = 0.5
+#: The longest wait between retries, in seconds.
+MAX_RETRY_DELAY: Final = 8.0
+#: The longest Retry-After honoured, in seconds; a server asking for more is not retried.
+MAX_RETRY_AFTER: Final = 60.0
 
-_USER_AGENT = "together_lite/{} Python/{}.{}.{}".format(__version__, *sys.version_info[:3])
-_RETRYABLE_STATUSES = frozenset({408, 409, 429})  # plus every status >= 500
-_REDIRECT_STATUSES = frozenset({307, 308})  # the only ones that keep POST and its body
-_MAX_REDIRECTS = 5
-_READ_SIZE = 65536  # bytes asked of the socket per stream read
-_SEND_SIZE = 65536  # bytes of a large request body handed to the socket per call
-_MAX_LINE = 65536  # bytes in a status or header line
-_MAX_HEADERS = 100
-_SUPPORTED_CODINGS = frozenset({"gzip", "x-gzip", "deflate"})  # besides chunked and identity
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})  # set by the transport
-_MAX_ERROR_BODY = 1 << 20  # bytes of an error response kept for its message
-_SINGLE_READ = 1 << 24  # bodies up to this size are read in one call; larger ones piece by piece
-_POOL_MAXSIZE = 256  # idle connections kept per origin
-_POOL_IDLE_SECONDS = 30.0  # an idle connection older than this is not reused
-_DRAIN_SECONDS = 0.25  # how long to wait for a stream's tail after [DONE]
-_DRAIN_BYTES = 1 << 16  # how much tail to read after [DONE] before giving up on reuse
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # Retry-After is digits; a fraction is tolerated
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+#: Sent with every request.
+_USER_AGENT: Final = "together_lite/{} Python/{}.{}.{}".format(__version__, *sys.version_info[:3])
+#: Statuses retried besides every status from 500 on.
+_RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
+#: The redirects that keep the POST and its body: the only ones followed (and only to the same origin).
+_REDIRECT_STATUSES: Final = frozenset({307, 308})
+#: Redirects followed for one request.
+_MAX_REDIRECTS: Final = 5
+#: Bytes asked of the socket per read of a stream.
+_READ_SIZE: Final = 65536
+#: Bytes of a large request body handed to the socket per call.
+_SEND_SIZE: Final = 65536
+#: The longest status or header line accepted, in bytes.
+_MAX_LINE: Final = 65536
+#: The most response headers accepted.
+_MAX_HEADERS: Final = 100
+#: Body codings decoded, besides chunked and identity.
+_SUPPORTED_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate"})
+#: Headers the transport sets itself, whatever the caller passes.
+_FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection"})
+#: Bytes of an error response kept for its message.
+_MAX_ERROR_BODY: Final = 1 << 20
+#: Bodies up to this many bytes are read in one call; larger ones piece by piece.
+_SINGLE_READ: Final = 1 << 24
+#: Idle connections kept per origin.
+_POOL_MAXSIZE: Final = 256
+#: Seconds after which an idle connection is not reused.
+_POOL_IDLE_SECONDS: Final = 30.0
+#: Seconds to wait for a stream's tail (its last empty chunk) after [DONE], for reuse.
+_DRAIN_SECONDS: Final = 0.25
+#: Bytes of tail read after [DONE] before the connection is given up.
+_DRAIN_BYTES: Final = 1 << 16
+#: Hosts an API key may reach over plain http without a warning.
+_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+#: What a header value may not contain.
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: A Retry-After in seconds: digits, with a fraction tolerated.
+_DELAY_SECONDS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+#: A header name: an RFC 9110 token.
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 # -- Errors -------------------------------------------------------------------
 #
@@ -456,7 +486,8 @@ class InsecureTransportWarning(UserWarning):
     """The API key is about to travel unencrypted to a host that is not this machine."""
 
 
-_STATUS_ERRORS: Mapping[int, type[APIStatusError]] = {
+#: The error class for each status that has its own; other statuses map by range.
+_STATUS_ERRORS: Final[Mapping[int, type[APIStatusError]]] = {
     400: BadRequestError,
     401: AuthenticationError,
     403: PermissionDeniedError,
@@ -600,7 +631,7 @@ def _translated(exc: BaseException, doing: str, where: object) -> APIConnectionE
 
 
 #: How a retry note names a failure, by its kind.
-_REASONS: Mapping[type[BaseException], str] = {
+_REASONS: Final[Mapping[type[BaseException], str]] = {
     ConnectionRefusedError: "connection refused by {where}",
     ConnectionResetError: "connection reset by {where}",
     BrokenPipeError: "connection closed by {where}",
@@ -794,7 +825,8 @@ class _Model:
         return f"{type(self).__name__}({shown})"
 
 
-_RESERVED_NAMES = frozenset(name for name in vars(_Model) if not name.startswith("__"))
+#: Names a server field may not take: it would hide a method of the result types.
+_RESERVED_NAMES: Final = frozenset(name for name in vars(_Model) if not name.startswith("__"))
 
 # pydantic v1's names, which drop-in code still calls. Not reserved: a server field named
 # "json" stays data (and hides the method on that one object), as pydantic would keep it.
@@ -838,7 +870,7 @@ def _field_names(names: Any, option: str) -> Collection[str]:
 
 # The default of fields the API always sends, typed as sent (``response.choices[0]`` needs no
 # None check in typed code); a result built from a body without them still reads None there.
-_DECLARED: Any = None
+_DECLARED: Final[Any] = None
 
 
 def _as_float(value: Any) -> Any:
@@ -859,7 +891,8 @@ def _list_of(model: type[_Model]) -> Callable[[Any], Any]:
     return convert
 
 
-_ANNOTATION = re.compile(r"(list\[)?(\w+)(?: \| None)?\]?(?: \| None)?")
+#: A field annotation that names what its JSON becomes: ``Usage``, ``list[ChatChoice] | None``, ``float``.
+_ANNOTATION: Final = re.compile(r"(list\[)?(\w+)(?: \| None)?\]?(?: \| None)?")
 
 
 def _converter_for(annotation: str) -> Callable[[Any], Any] | None:
@@ -1161,9 +1194,13 @@ class Omit:
         return "omit"
 
 
-NOT_GIVEN = not_given = NotGiven()
-omit = Omit()
-_ABSENT = frozenset({NotGiven, Omit})  # the types of values that mean "not sent"
+#: A parameter left at ``NOT_GIVEN`` (or ``not_given``) is not sent.
+NOT_GIVEN: Final = NotGiven()
+not_given: Final = NOT_GIVEN
+#: A parameter given as ``omit`` is not sent; an extra header given as ``omit`` is removed.
+omit: Final = Omit()
+#: The types of the values that mean "not sent".
+_ABSENT: Final = frozenset({NotGiven, Omit})
 
 if TYPE_CHECKING:
     _Maybe = Union[_T, None, NotGiven, Omit]
@@ -1361,7 +1398,8 @@ def _check_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
 # before they are decoded, and only complete lines are decoded. Invalid UTF-8
 # becomes U+FFFD, as the spec says.
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+#: A line end of an event stream: CR, LF or CRLF, and nothing else.
+_LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 
 
 class ServerSentEvent:
@@ -1470,6 +1508,10 @@ class _SSEDecoder:
 # AsyncStream runs the same reads on a worker.
 
 
+#: What a read returns at the end of a stream (StopIteration cannot cross into a Future).
+_END: Final[Any] = object()
+
+
 class Stream(_Generic[_T]):
     """The chunks of a streamed completion, as they arrive.
 
@@ -1509,7 +1551,7 @@ class Stream(_Generic[_T]):
         while chunk is _END:
             self._pending = iter(self._read())  # StopIteration at the end
             chunk = next(self._pending, _END)
-        return chunk  # type: ignore[return-value]
+        return chunk  # type: ignore[no-any-return]
 
     def __enter__(self) -> Stream[_T]:
         return self
@@ -1786,7 +1828,8 @@ class StreamAccumulator:
 # urllib is kept for what it does well: finding the proxy the environment asks
 # for. Everything else is the small HTTP/1.1 client below.
 
-_CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+#: The environment variables that name a trust store, in the order they count.
+_CA_VARIABLES: Final = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 _ssl_contexts: dict[tuple[str | None, ...], ssl.SSLContext] = {}
 _ssl_lock = threading.Lock()
 
@@ -1821,6 +1864,18 @@ def _new_ssl_context(variables: tuple[str | None, ...]) -> ssl.SSLContext:
     except (OSError, ValueError) as exc:
         detail = getattr(exc, "strerror", None) or str(exc)
         raise APIConnectionError(f"The CA bundle {name}={bundle!r} cannot be loaded: {detail}.", retryable=False) from None
+
+
+if TYPE_CHECKING:
+
+    class _Origin(NamedTuple):
+        scheme: str
+        host: str
+        port: int
+
+else:
+    _Origin = collections.namedtuple("_Origin", "scheme host port")  # typing.NamedTuple would import typing
+_Origin.__doc__ = "Where requests go: scheme, host and port (with the default port written out)."
 
 
 def _parse_url(url: str, what: str) -> tuple[str, str, int, str, str]:
@@ -2339,7 +2394,7 @@ class _Response:
         self._decoder = _decoder(headers, transfer)
 
     @property
-    def origin(self) -> tuple[str, str, int]:
+    def origin(self) -> _Origin:
         return self.route.origin
 
     @property
@@ -2560,7 +2615,7 @@ class _Route:
 
     __slots__ = ("origin", "proxy")
 
-    def __init__(self, origin: tuple[str, str, int], proxy: _Proxy | None) -> None:
+    def __init__(self, origin: _Origin, proxy: _Proxy | None) -> None:
         self.origin = origin
         self.proxy = proxy
 
@@ -2578,15 +2633,15 @@ class _ConnectionPool:
     def __init__(self, *, proxy: str | None, ssl_context: ssl.SSLContext | None) -> None:
         self._explicit_proxy = _Proxy(proxy, from_environment=False) if proxy else None
         self._ssl_context = ssl_context
-        self._idle: dict[tuple[str, str, int], list[tuple[_Connection, float]]] = {}
-        self._routes: dict[tuple[str, str, int], _Route] = {}
+        self._idle: dict[_Origin, list[tuple[_Connection, float]]] = {}
+        self._routes: dict[_Origin, _Route] = {}
         self._lock = threading.Lock()
         self._closed = False
         # A client dropped without close() still closes its idle sockets. A finalizer, unlike
         # __del__, runs before the cycle collector finalizes the sockets (which would warn).
         self._close_idle = weakref.finalize(self, _close_idle_connections, self._idle, self._lock)
 
-    def route(self, origin: tuple[str, str, int]) -> _Route:
+    def route(self, origin: _Origin) -> _Route:
         """The way to the origin: the explicit proxy, else the one the environment chooses, else direct."""
         route = self._routes.get(origin)
         if route is None:
@@ -2594,7 +2649,7 @@ class _ConnectionPool:
             route = self._routes[origin] = _Route(origin, proxy)
         return route
 
-    def get_idle(self, origin: tuple[str, str, int], timeouts: _Timeouts) -> _Connection | None:
+    def get_idle(self, origin: _Origin, timeouts: _Timeouts) -> _Connection | None:
         """A kept-alive connection to the origin that still looks usable, if there is one."""
         now = time.monotonic()
         while True:
@@ -2610,7 +2665,7 @@ class _ConnectionPool:
                 connection.sock.settimeout(timeouts.read)
             return connection
 
-    def put(self, origin: tuple[str, str, int], connection: _Connection) -> None:
+    def put(self, origin: _Origin, connection: _Connection) -> None:
         now = time.monotonic()
         to_close = []
         with self._lock:
@@ -2655,7 +2710,7 @@ class _ConnectionPool:
 
 
 def _close_idle_connections(
-    idle: dict[tuple[str, str, int], list[tuple[_Connection, float]]], lock: threading.Lock
+    idle: dict[_Origin, list[tuple[_Connection, float]]], lock: threading.Lock
 ) -> None:
     with lock:
         connections = [connection for kept in idle.values() for connection, _ in kept]
@@ -2664,8 +2719,8 @@ def _close_idle_connections(
         connection.close()
 
 
-# A peer that closed its end: an idle connection it dropped, or an early answer and a hang-up.
-_PEER_CLOSED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+#: A peer that closed its end: an idle connection it dropped, or an early answer and a hang-up.
+_PEER_CLOSED: Final = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
 class _StaleConnection(Exception):
@@ -2680,7 +2735,7 @@ class _Transport:
 
     def send(
         self,
-        origin: tuple[str, str, int],
+        origin: _Origin,
         path: str,
         headers: Mapping[str, str],
         body: bytes,
@@ -2702,7 +2757,7 @@ class _Transport:
 
     def _send_once(
         self,
-        origin: tuple[str, str, int],
+        origin: _Origin,
         path: str,
         headers: Mapping[str, str],
         body: bytes,
@@ -2816,7 +2871,7 @@ def _host_port(host: str, port: int, default_port: int) -> str:
     return host if port == default_port else f"{host}:{port}"
 
 
-def _same_origin_path(origin: tuple[str, str, int], path: str, location: str) -> str | None:
+def _same_origin_path(origin: _Origin, path: str, location: str) -> str | None:
     """The path a redirect points to, or None when it leaves the origin."""
     import urllib.parse
 
@@ -3168,7 +3223,7 @@ class Together:
 
             default_query = {**dict(urllib.parse.parse_qsl(query, keep_blank_values=True)), **default_query}
         self.default_query = default_query
-        self._origin = (scheme, host, port)
+        self._origin = _Origin(scheme, host, port)
         self._base_path = _quote_target(path.rstrip("/") + "/")
         self._timeouts = _timeouts(self.timeout)
         defaults = {
@@ -3570,7 +3625,8 @@ class APIResponse(_Generic[_T]):
         return f"<{type(self).__name__} [{self.status_code} {self.http_response.reason_phrase}]>"
 
 
-_UNSET: Any = object()
+#: A cached value not computed yet.
+_UNSET: Final[Any] = object()
 
 
 class _ResponseContextManager:
@@ -3713,7 +3769,8 @@ def _parse_content(content: Any, response_format: Any, completion: Any) -> Any:
 
 # -- Clients: the resources ---------------------------------------------------
 
-_CALL_OPTIONS = ("timeout", "max_retries", "extra_headers", "extra_query", "extra_body")
+#: The keywords of ``create()`` that set up the call and are never sent in the body.
+_CALL_OPTIONS: Final = ("timeout", "max_retries", "extra_headers", "extra_query", "extra_body")
 
 
 class _Resource:
@@ -3948,7 +4005,6 @@ class Completions(_Resource):
 # few hundred concurrent calls into waves. Arguments are checked on the event
 # loop, before anything is handed to a thread.
 
-_END = object()  # what next() returns at the end; StopIteration cannot cross into a Future
 
 
 class _Workers:
@@ -4303,7 +4359,7 @@ class AsyncStream(_Generic[_T]):
                 raise StopAsyncIteration
             self._pending = iter(batch)
             chunk = next(self._pending, _END)
-        return chunk  # type: ignore[return-value]
+        return chunk  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         """Stop reading and release the connection."""
@@ -4598,8 +4654,10 @@ class AsyncCompletions(_AsyncResource):
 
 # -- Multimodal helpers -------------------------------------------------------
 
-_URL_PREFIXES = ("http://", "https://", "data:")
-_MAGIC_TYPES = (
+#: What makes a source a URL, sent as it is, rather than a file to read.
+_URL_PREFIXES: Final = ("http://", "https://", "data:")
+#: The first bytes of common image and video files, and their MIME types.
+_MAGIC_TYPES: Final = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
     (b"\xff\xd8\xff", "image/jpeg"),
     (b"GIF87a", "image/gif"),
@@ -4673,8 +4731,10 @@ def video_part(source: str | os.PathLike[str] | bytes, *, mime_type: str | None 
 
 # -- Command line -------------------------------------------------------------
 
-DEFAULT_CLI_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
-_CLI_SET_KEYS = frozenset({"messages", "prompt", "stream"})  # what -o may not change: the command sets them
+#: The command line's model when neither -m nor TOGETHER_MODEL names one.
+DEFAULT_CLI_MODEL: Final = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+#: What -o may not set: the command sets them itself.
+_CLI_SET_KEYS: Final = frozenset({"messages", "prompt", "stream"})
 
 
 def _cli_parser() -> argparse.ArgumentParser:

@@ -3,10 +3,11 @@
 
 Run from anywhere (stdlib only, Python 3.8+, POSIX, needs the `openssl` CLI):
 
-    python3 benchmarks/bench.py                  # full run, a few minutes
+    python3 benchmarks/bench.py                  # full run of rows 1-12, several minutes
     python3 benchmarks/bench.py --quick          # small sizes, for development
     python3 benchmarks/bench.py --rounds 9       # more turns, steadier medians on a busy machine
     python3 benchmarks/bench.py --only 3,6 --clients together_lite,httpclient
+    python3 benchmarks/bench.py --rows 10-14 --rounds 3   # --rows is --only; "all" = 1-14
     python3 benchmarks/bench.py --json benchmarks/results.json   (git-ignored)
 
 Peer SDKs are looked up in virtualenvs under $PEERS (default /tmp/peers, see
@@ -18,10 +19,19 @@ Everything happens on 127.0.0.1. A server process (started by this script)
 serves fixed Together-style chat completion responses over HTTP/1.1
 keep-alive: plain HTTP, HTTPS with a throwaway CA made by `openssl`, HTTPS
 that sleeps 20 ms after accepting each new connection, and an asyncio server
-that answers after 0.1 s. Each client's workload runs in its own subprocess
-(`bench.py --worker CLIENT WORKLOAD key=value...`) under that client's
-interpreter, and reports its timings as JSON. Timed loops are repeated 3
-times, each after one untimed warm-up call, and the median is reported.
+that answers after 0.1 s; and, for rows 11-14, an asyncio server that holds
+thousands of connections and sends each stream's chunks 50 ms apart, at times
+fixed from the request's arrival (so a late wake-up does not push back the
+rest). The server process asks for nice -10, so that a client's hundreds of
+threads or other work on the machine do not starve it (they would not starve
+a remote server), and the paced server reports how late its chunks went out;
+a raw aiohttp ClientSession without a connection limit, from the together1
+venv, checks that it keeps pace (rows 11 and 13, in the notes). Each client's
+workload runs in its own subprocess (`bench.py --worker CLIENT WORKLOAD
+key=value...`) under that client's interpreter, and reports its timings as
+JSON. The clients take turns, one timing each per round (5 rounds unless
+--rounds), each timing after one untimed warm-up call, and the median is
+reported.
 together_lite and the stdlib floors run under the interpreter running this
 script, in a bare venv made from it (so that, like each peer in its own venv,
 they start without whatever the base installation's site-packages preload).
@@ -46,6 +56,17 @@ Rows:
     7. async    256 concurrent async calls that take 0.1 s of server time
                 each (floor: the 0.1 s itself; urlopen: the default executor)
     8. rss      peak RSS of the process that ran row 3
+    9. async_rss   peak RSS of the process of row 7, when its burst is over
+   10. async_warm  a second burst of 256 on row 7's client, right after the
+                first: its threads and connections already exist
+   11. astream  1,000 concurrent async streams (asyncio.gather of `await
+                create(stream=True)` then `async for`), 40 chunks each, 50 ms
+                apart (ideal: 2.0 s); a client that errors on any stream or
+                misses any chunk is reported as an error, not timed. Floor:
+                the 2.0 s itself; urlopen: not run
+   12. astream_rss     peak RSS of the process of row 11
+   13. astream_2x      row 11 with 2,000 streams (not run by default)
+   14. astream_2x_rss  peak RSS of the process of row 13 (not run by default)
 """
 
 from __future__ import annotations
@@ -59,7 +80,7 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
-    from typing import Any, Callable
+    from typing import Any, Awaitable, Callable
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARKER = "BENCH_RESULT "
@@ -72,8 +93,15 @@ CLIENT_TIMEOUT = 60.0
 WORKER_TIMEOUT = 600.0
 
 SLOW_ACCEPT_DELAY = 0.02  # row 5: server sleep per new connection
-ASYNC_SERVER_DELAY = 0.1  # row 7: server time per request
+ASYNC_SERVER_DELAY = 0.1  # rows 7 and 10: server time per request
 STREAM_WRITE_SIZE = 64 * 1024  # row 6: bytes per server write
+PACED_INTERVAL = 0.05  # rows 11-14: the paced server's time between chunks
+PACED_BACKLOG = 4096  # the paced server's listen backlog (the kernel caps it at somaxconn)
+PACED_SERVER_FDS = 8192  # descriptors the server process asks for (2,000 streams and the rest)
+# The server process asks for this nice value (it needs privilege to go below 0),
+# so that a client's hundreds of threads or a busy machine do not starve it:
+# a remote server would not share the client's CPUs.
+SERVER_NICE = -10
 
 FULL_SIZES = {
     "import_reps": 7,
@@ -84,6 +112,9 @@ FULL_SIZES = {
     "slow_calls": 50,
     "stream_chunks": 20000,
     "async_calls": 256,
+    "astreams": 1000,
+    "astreams_2x": 2000,
+    "astream_chunks": 40,
 }
 QUICK_SIZES = dict(
     FULL_SIZES,
@@ -94,6 +125,8 @@ QUICK_SIZES = dict(
     slow_calls=10,
     stream_chunks=2000,
     async_calls=64,
+    astreams=100,
+    astreams_2x=200,
 )
 
 CLIENTS = ["together_lite", "httpclient", "urllib", "together1", "together3", "openai"]
@@ -106,6 +139,15 @@ CLIENT_TITLES = {
     "openai": "openai",
 }
 PEER_VENVS = {"together1": "together1", "together3": "together3", "openai": "openai"}
+PEER_DISTS = {"together1": "together", "together3": "together", "openai": "openai"}
+
+# Not a table column: a bare aiohttp ClientSession without a connection limit,
+# run from the together1 venv against the paced server of rows 11-14 to show
+# that the server keeps its pace (numbers in the notes).
+SERVER_CHECK = "aiohttp"
+SERVER_CHECK_VENV = "together1"
+CLIENT_TITLES[SERVER_CHECK] = "raw aiohttp (server check)"
+PEER_DISTS[SERVER_CHECK] = "aiohttp"
 IMPORT_STATEMENTS = {
     "together_lite": "from together_lite import Together",
     "httpclient": "import http.client",
@@ -115,8 +157,32 @@ IMPORT_STATEMENTS = {
     "openai": "from openai import OpenAI",
 }
 
-ROWS = ["import", "cold", "http", "https", "slow", "stream", "async", "rss", "async_rss"]
-MIB_ROWS = ("rss", "async_rss")
+ROWS = [
+    "import",
+    "cold",
+    "http",
+    "https",
+    "slow",
+    "stream",
+    "async",
+    "rss",
+    "async_rss",
+    "async_warm",
+    "astream",
+    "astream_rss",
+    "astream_2x",
+    "astream_2x_rss",
+]
+# Rows run when --rows is not given (`--rows all` runs every row).
+DEFAULT_ROWS = [row for row in ROWS if row not in ("astream_2x", "astream_2x_rss")]
+MIB_ROWS = ("rss", "async_rss", "astream_rss", "astream_2x_rss")
+# Rows of the paced stream server, and the size key each one's stream count is under.
+ASTREAM_ROWS = {
+    "astream": "astreams",
+    "astream_rss": "astreams",
+    "astream_2x": "astreams_2x",
+    "astream_2x_rss": "astreams_2x",
+}
 
 
 def row_label(row: str, sizes: dict[str, int]) -> str:
@@ -131,8 +197,15 @@ def row_label(row: str, sizes: dict[str, int]) -> str:
         "async": "7. {async_calls} concurrent async calls, 0.1 s each (ms)",
         "rss": "8. peak RSS, {http_calls} HTTP calls (MiB)",
         "async_rss": "9. peak RSS, {async_calls} async calls in flight (MiB)",
+        "async_warm": "10. {async_calls} concurrent async calls, second burst on a warm client (ms)",
+        "astream": "11. {astreams:,} concurrent async streams, {astream_chunks} chunks {ms} ms apart"
+        " (ms)",
+        "astream_rss": "12. peak RSS, {astreams:,} async streams (MiB)",
+        "astream_2x": "13. {astreams_2x:,} concurrent async streams, {astream_chunks} chunks"
+        " {ms} ms apart (ms)",
+        "astream_2x_rss": "14. peak RSS, {astreams_2x:,} async streams (MiB)",
     }
-    return labels[row].format(**sizes)
+    return labels[row].format(ms=round(PACED_INTERVAL * 1000), **sizes)
 
 
 # ---------------------------------------------------------------------------
@@ -401,6 +474,14 @@ def peak_rss_kib() -> float:
     return peak / 1024.0 if sys.platform == "darwin" else float(peak)  # bytes on macOS
 
 
+def cpu_seconds() -> float:
+    """User and system CPU time of this process so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def time_cold_start(client: str, target: Target) -> float:
     """Seconds from before the import to after the first chat call."""
     start = time.perf_counter()
@@ -440,17 +521,35 @@ def time_stream(client: str, target: Target, chunks: int, runs: int) -> list[flo
     return times
 
 
-def time_async(client: str, target: Target, calls: int, runs: int) -> list[float]:
-    """RUNS timings of CALLS concurrent async chat calls."""
+def time_async(
+    client: str, target: Target, calls: int, runs: int
+) -> tuple[list[float], list[float], float]:
+    """RUNS timings of a first and a second burst of CALLS concurrent async chat
+    calls on one client, and the peak RSS (KiB) when the first burst is over."""
     import asyncio
 
     run_once = _async_urllib_run if client == "urllib" else _async_sdk_run
-    return [asyncio.run(run_once(client, target, calls)) for _ in range(runs)]
+    first, second, rss_kib = [], [], 0.0
+    for _ in range(runs):
+        (first_burst, rss_kib), (second_burst, _) = asyncio.run(run_once(client, target, calls))
+        first.append(first_burst)
+        second.append(second_burst)
+    return first, second, rss_kib
 
 
-async def _async_sdk_run(client: str, target: Target, calls: int) -> float:
+async def _bursts(call: Callable[[], Awaitable[Any]], calls: int) -> list[tuple[float, float]]:
+    """Two bursts of CALLS concurrent CALL()s, one after the other: (seconds, peak RSS KiB) each."""
     import asyncio
 
+    bursts = []
+    for _ in range(2):
+        start = time.perf_counter()
+        await asyncio.gather(*(call() for _ in range(calls)))
+        bursts.append((time.perf_counter() - start, peak_rss_kib()))
+    return bursts
+
+
+async def _async_sdk_run(client: str, target: Target, calls: int) -> list[tuple[float, float]]:
     sdk = ASYNC_OPENERS[client](target)
 
     async def one_call() -> None:
@@ -459,30 +558,142 @@ async def _async_sdk_run(client: str, target: Target, calls: int) -> float:
 
     try:
         await one_call()  # warm-up
-        start = time.perf_counter()
-        await asyncio.gather(*(one_call() for _ in range(calls)))
-        return time.perf_counter() - start
+        return await _bursts(one_call, calls)
     finally:
-        close = getattr(sdk, "close", None)
-        if close is not None:
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
+        await _close_async(sdk)
 
 
-async def _async_urllib_run(client: str, target: Target, calls: int) -> float:
+async def _async_urllib_run(client: str, target: Target, calls: int) -> list[tuple[float, float]]:
     import asyncio
 
     session = UrllibFloor(target)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, session.chat)  # warm-up, default executor
-    start = time.perf_counter()
-    await asyncio.gather(*(loop.run_in_executor(None, session.chat) for _ in range(calls)))
-    return time.perf_counter() - start
+
+    def one_call() -> Awaitable[None]:
+        return loop.run_in_executor(None, session.chat)  # the default executor
+
+    await one_call()  # warm-up
+    return await _bursts(one_call, calls)
+
+
+async def _close_async(client: Any) -> None:
+    """CLIENT.close(), awaited if it is a coroutine function."""
+    import asyncio
+
+    close = getattr(client, "close", None)
+    if close is not None:
+        result = close()
+        if asyncio.iscoroutine(result):
+            await result
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Raise this process's soft limit on open files to WANTED (at most the hard limit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def time_async_streams(
+    client: str, target: Target, streams: int, chunks: int, runs: int
+) -> list[float]:
+    """RUNS timings of STREAMS concurrent async streams of CHUNKS chunks each."""
+    import asyncio
+
+    raise_fd_limit(2 * streams + 1024)
+    return [asyncio.run(_async_streams_run(client, target, streams, chunks)) for _ in range(runs)]
+
+
+async def _async_streams_run(client: str, target: Target, streams: int, chunks: int) -> float:
+    import asyncio
+
+    opener = RawAiohttp if client == SERVER_CHECK else ASYNC_OPENERS[client]
+    sdk = opener(target)
+
+    async def one_stream(wanted: int) -> int:
+        stream = await sdk.chat.completions.create(**chat_payload(True, wanted))
+        received = 0
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content is not None:
+                received += 1
+        return received
+
+    try:
+        await one_stream(1)  # warm-up: imports, and one connection
+        start = time.perf_counter()
+        counts = await asyncio.gather(
+            *(one_stream(chunks) for _ in range(streams)), return_exceptions=True
+        )
+        elapsed = time.perf_counter() - start
+    finally:
+        await _close_async(sdk)
+    check_stream_counts(counts, chunks)
+    return elapsed
+
+
+def check_stream_counts(counts: list[int | BaseException], chunks: int) -> None:
+    """Raise if any stream failed or got other than CHUNKS chunks."""
+    errors = [c for c in counts if isinstance(c, BaseException)]
+    short = [c for c in counts if not isinstance(c, BaseException) and c != chunks]
+    if not errors and not short:
+        return
+    problems = []
+    if errors:
+        first = errors[0]
+        problems.append(f"{len(errors)} failed (first: {type(first).__name__}: {first})")
+    if short:
+        problems.append(f"{len(short)} got other than {chunks} chunks (e.g. {short[0]})")
+    raise RuntimeError(f"of {len(counts)} streams, " + "; ".join(problems))
+
+
+class RawAiohttp:
+    """The server check: a bare aiohttp ClientSession without a connection
+    limit, shaped like an SDK (``await chat.completions.create(stream=True)``,
+    then ``async for chunk``) but doing as little as it can: it counts the
+    `data: ` lines before [DONE] instead of decoding them."""
+
+    def __init__(self, target: Target) -> None:
+        self.url = target.url + "/v1/chat/completions"
+        self.session: Any = None
+        self.chat = self
+        self.completions = self
+
+    async def create(self, **payload: Any) -> Any:
+        import aiohttp
+
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT),
+                headers={"Authorization": "Bearer " + API_KEY},
+            )
+        response = await self.session.post(self.url, json=payload)
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+        return self._chunks(response)
+
+    async def _chunks(self, response: Any) -> Any:
+        from types import SimpleNamespace
+
+        chunk = SimpleNamespace(choices=[SimpleNamespace(delta=SimpleNamespace(content=" tok"))])
+        async with response:
+            async for line in response.content:
+                if line.startswith(b"data: [DONE]"):
+                    break
+                if line.startswith(b"data: "):
+                    yield chunk
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
 
 
 def worker_main(argv: list[str]) -> None:
-    """`--worker CLIENT WORKLOAD url=... [cafile=...] [count=N] [runs=N]`.
+    """`--worker CLIENT WORKLOAD url=... [cafile=...] [count=N] [runs=N] [chunks=N]`.
 
     Arguments are plain strings (not JSON) so that nothing a client needs is
     imported before a cold start's clock starts.
@@ -500,8 +711,14 @@ def worker_main(argv: list[str]) -> None:
     elif workload == "stream":
         result["samples"] = time_stream(client, target, count, runs)
     elif workload == "async":
-        result["samples"] = time_async(client, target, count, runs)
+        result["samples"], result["warm_samples"], result["rss_kib"] = time_async(
+            client, target, count, runs
+        )
+    elif workload == "astream":
+        chunks = int(params["chunks"])
+        result["samples"] = time_async_streams(client, target, count, chunks, runs)
         result["rss_kib"] = peak_rss_kib()
+        result["cpu_s"] = cpu_seconds()
     else:
         raise SystemExit("unknown workload " + workload)
     import json
@@ -687,8 +904,162 @@ async def _serve_forever(ports: dict[str, int]) -> None:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
     ports["async"] = server.sockets[0].getsockname()[1]
+    paced = await make_paced_server()
+    ports["paced"] = paced.sockets[0].getsockname()[1]
     print(json.dumps(ports), flush=True)
     await asyncio.Event().wait()
+
+
+class PacedStats:
+    """How well the paced server kept its schedule since the last /stats request."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.writes = 0
+        self.late_total = 0.0
+        self.late_max = 0.0
+        self.streams = 0
+        self.open = 0
+        self.open_max = 0
+        self.first_start = self.last_start = 0.0  # of streams of more than one chunk
+        self.last_end = 0.0  # when the last chunk of such a stream went out
+        self.cpu_start = time.process_time()
+
+    def stream_started(self, now: float, chunks: int) -> None:
+        self.streams += 1
+        if chunks > 1:
+            self.first_start = self.first_start or now
+            self.last_start = now
+
+    def report(self) -> dict[str, float]:
+        return {
+            "streams": self.streams,
+            "writes": self.writes,
+            "late_max_ms": self.late_max * 1000.0,
+            "late_mean_ms": self.late_total * 1000.0 / max(1, self.writes),
+            "open_max": self.open_max,
+            "start_spread_ms": (self.last_start - self.first_start) * 1000.0,
+            "span_ms": max(0.0, self.last_end - self.first_start) * 1000.0,
+            "cpu_s": time.process_time() - self.cpu_start,
+        }
+
+
+async def make_paced_server() -> Any:
+    """The server of rows 11-14: an asyncio HTTP/1.1 keep-alive server whose
+    chat streams send one chunk every PACED_INTERVAL, as a model would. Each
+    stream's chunks are due at fixed times from its request's arrival, so a
+    late wake-up does not push back the rest. `GET /stats` answers (and resets)
+    how late its writes were, and how much CPU time the process used."""
+    import asyncio
+    import json
+
+    loop = asyncio.get_running_loop()
+    stats = PacedStats()
+    chat_body = json.dumps(CHAT_RESPONSE).encode()
+    pieces_cache: dict[int, list[bytes]] = {}
+
+    def stream_pieces(chunks: int) -> list[bytes]:
+        """One write per chunk (an HTTP chunk each); [DONE] and the end go with the last."""
+        if chunks not in pieces_cache:
+            events = [e + b"\n\n" for e in stream_body(chunks).split(b"\n\n") if e]
+            events[-2:] = [events[-2] + events[-1]]
+            pieces = [b"%x\r\n" % len(e) + e + b"\r\n" for e in events]
+            pieces[-1] += b"0\r\n\r\n"
+            pieces_cache[chunks] = pieces
+        return pieces_cache[chunks]
+
+    class Paced(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.transport: Any = None
+            self.buffer = b""
+            self.busy = False  # a stream is being sent; later requests wait in the buffer
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            stats.open += 1
+            stats.open_max = max(stats.open_max, stats.open)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            stats.open -= 1
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            self.next_request()
+
+        def next_request(self) -> None:
+            while not self.busy and not self.transport.is_closing():
+                request = self.take_request()
+                if request is None:
+                    return
+                self.answer(*request)
+
+        def take_request(self) -> tuple[str, dict[str, str], bytes] | None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return None
+            lines = self.buffer[:end].decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                self.transport.write(b"HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\n\r\n")
+                self.transport.close()
+                return None
+            length = int(headers.get("content-length") or 0)
+            if len(self.buffer) < end + 4 + length:
+                return None
+            body = self.buffer[end + 4 : end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length :]
+            return lines[0], headers, body
+
+        def answer(self, request_line: str, headers: dict[str, str], body: bytes) -> None:
+            path = request_line.split(" ")[1] if " " in request_line else ""
+            if path == "/stats":
+                self.send_json(json.dumps(stats.report()).encode())
+                stats.reset()
+                return
+            request = json.loads(body or b"{}")
+            if not request.get("stream"):
+                self.send_json(chat_body)
+                return
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            self.busy = True
+            pieces = stream_pieces(int(request.get("max_tokens") or MAX_TOKENS))
+            now = loop.time()
+            stats.stream_started(now, len(pieces))
+            due = now + PACED_INTERVAL
+            loop.call_at(due, self.send_piece, pieces, 0, due)
+
+        def send_json(self, body: bytes) -> None:
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
+
+        def send_piece(self, pieces: list[bytes], index: int, due: float) -> None:
+            if self.transport.is_closing():
+                return
+            late = loop.time() - due
+            stats.writes += 1
+            stats.late_total += late
+            stats.late_max = max(stats.late_max, late)
+            self.transport.write(pieces[index])
+            if index + 1 < len(pieces):
+                due += PACED_INTERVAL
+                loop.call_at(due, self.send_piece, pieces, index + 1, due)
+            else:
+                if len(pieces) > 1:
+                    stats.last_end = loop.time()
+                self.busy = False
+                self.next_request()
+
+    return await loop.create_server(Paced, "127.0.0.1", 0, backlog=PACED_BACKLOG)
 
 
 def serve_main(tls_dir: str) -> None:
@@ -698,6 +1069,11 @@ def serve_main(tls_dir: str) -> None:
     import ssl
     import threading
 
+    raise_fd_limit(PACED_SERVER_FDS)
+    try:  # before any thread starts: Linux keeps a nice value per thread, and new ones inherit it
+        os.setpriority(os.PRIO_PROCESS, 0, SERVER_NICE)
+    except OSError:
+        pass  # unprivileged: the orchestrator notes it
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(os.path.join(tls_dir, "server.pem"), os.path.join(tls_dir, "server.key"))
     servers = {
@@ -798,6 +1174,8 @@ class Runner:
         self.ports = ports
         self.cafile = cafile
         self.env = env
+        self.paced_stats: dict[str, list[dict[str, Any]]] = {}  # row -> one report per run
+        self.progress: list[str] = []  # lines for stderr after the current measurement's own
 
     def url(self, server: str) -> str:
         scheme = "https" if server in ("https", "slow") else "http"
@@ -819,7 +1197,7 @@ class Runner:
         return proc.stdout
 
     def worker(
-        self, client: str, workload: str, server: str, count: int = 1, runs: int = 1
+        self, client: str, workload: str, server: str, count: int = 1, runs: int = 1, **extra: int
     ) -> dict[str, Any]:
         import json
 
@@ -832,6 +1210,7 @@ class Runner:
             f"count={count}",
             f"runs={runs}",
         ]
+        args += [f"{name}={value}" for name, value in extra.items()]
         if server in ("https", "slow"):
             args.append("cafile=" + self.cafile)
         for line in self._run(client, args).splitlines():
@@ -858,10 +1237,69 @@ class Runner:
             for _ in range(self.sizes["cold_reps"])
         ]
 
+    def paced_server_stats(self) -> dict[str, float]:
+        """The paced server's schedule report since the last call (which resets it)."""
+        import http.client
+        import json
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports["paced"], timeout=10)
+        try:
+            conn.request("GET", "/stats")
+            report: dict[str, float] = json.loads(conn.getresponse().read())
+            return report
+        finally:
+            conn.close()
+
+    def async_streams(self, row: str, client: str) -> dict[str, Any]:
+        """One worker's run of ROW's concurrent streams, with the server's report on it."""
+        s = self.sizes
+        streams, chunks = s[ASTREAM_ROWS[row]], s["astream_chunks"]
+        self.paced_server_stats()  # reset
+        try:
+            return self.worker(client, "astream", "paced", streams, s["runs"], chunks=chunks)
+        finally:
+            report = self.paced_server_stats()
+            self.progress.append(
+                "    paced server: {streams:.0f} streams started over {start_spread_ms:.0f} ms"
+                " and ended {span_ms:.0f} ms after the first began; chunks late"
+                " {late_mean_ms:.1f} ms on average, {late_max_ms:.1f} ms at most;"
+                " {cpu_s:.2f} s of CPU".format(**report)
+            )
+            self.paced_stats.setdefault(row.replace("_rss", ""), []).append(
+                dict(report, client=client)
+            )
+
+    def measure_async_streams(
+        self, row: str, client: str, cache: dict[tuple[str, str], Any]
+    ) -> dict[str, Any]:
+        """Rows 11-14: wall time of the concurrent streams, or the peak RSS of that process."""
+        rss_row = row.endswith("_rss")
+        if client == "httpclient":  # the floor: the server's own pacing
+            if rss_row:
+                return {"median": None, "samples": []}
+            ideal = self.sizes["astream_chunks"] * PACED_INTERVAL
+            return {"median": ideal, "samples": [], "note": "server pacing"}
+        if client == "urllib":  # a few executor threads for thousands of 2 s streams: minutes
+            return {"median": None, "samples": []}
+        key = (client, ASTREAM_ROWS[row])
+        if key not in cache:
+            try:
+                cache[key] = self.async_streams(row, client)
+            except Exception as exc:  # remembered, so the RSS row does not run it again
+                cache[key] = exc
+        result = cache[key]
+        if isinstance(result, Exception):
+            raise result
+        if rss_row:
+            return {"median": result["rss_kib"] / 1024.0, "samples": [result["rss_kib"] / 1024.0]}
+        return {"median": median(result["samples"]), "samples": result["samples"]}
+
     def measure(self, row: str, client: str, cache: dict[tuple[str, str], Any]) -> dict[str, Any]:
         """Median and samples of ROW for CLIENT (seconds, or MiB for rss)."""
         s = self.sizes
         runs = s["runs"]
+        if row in ASTREAM_ROWS:
+            return self.measure_async_streams(row, client, cache)
         if row == "import":
             samples = self.import_time(client)
         elif row == "cold":
@@ -882,7 +1320,7 @@ class Runner:
             samples = self.worker(client, "seq", "slow", s["slow_calls"], runs)["samples"]
         elif row == "stream":
             samples = self.worker(client, "stream", "http", s["stream_chunks"], runs)["samples"]
-        elif row in ("async", "async_rss"):
+        elif row in ("async", "async_rss", "async_warm"):
             if client == "httpclient":
                 if row == "async_rss":
                     return {"median": None, "samples": []}
@@ -892,7 +1330,7 @@ class Runner:
             result = cache[client, "async"]
             if row == "async_rss":
                 return {"median": result["rss_kib"] / 1024.0, "samples": [result["rss_kib"] / 1024.0]}
-            samples = result["samples"]
+            samples = result["warm_samples" if row == "async_warm" else "samples"]
         else:
             raise ValueError(row)
         return {"median": median(samples), "samples": samples}
@@ -951,8 +1389,8 @@ def describe_interpreters(interpreters: dict[str, str]) -> list[str]:
     for client, python in interpreters.items():
         version = python_output(python, "import platform; print(platform.python_version())")
         line = f"- {CLIENT_TITLES[client]}: Python {version} ({python})"
-        if client in PEER_VENVS:
-            dist = "openai" if client == "openai" else "together"
+        if client in PEER_DISTS:
+            dist = PEER_DISTS[client]
             code = f"from importlib.metadata import version; print(version({dist!r}))"
             line += f", {dist} {python_output(python, code)}"
         lines.append(line)
@@ -1030,12 +1468,24 @@ def render_table(rows: list[str], results: dict[str, dict[str, Any]], sizes: dic
     return "\n".join(lines)
 
 
-def parse_selection(text: str | None, choices: list[str], what: str) -> list[str]:
-    """Comma-separated names (or 1-based numbers) from CHOICES, in CHOICES order."""
+def parse_selection(
+    text: str | None, choices: list[str], what: str, default: list[str] | None = None
+) -> list[str]:
+    """Comma-separated names (or 1-based numbers) from CHOICES, in CHOICES order;
+    DEFAULT (or all of CHOICES) if TEXT is empty, and all of them for "all"."""
     if not text:
+        return list(choices if default is None else default)
+    if text.strip() == "all":
         return list(choices)
     picked = set()
+    items = []
     for item in text.split(","):
+        first, dash, last = item.strip().partition("-")
+        if dash and first.isdigit() and last.isdigit():  # a range of numbers: 10-14
+            items += [str(number) for number in range(int(first), int(last) + 1)]
+        else:
+            items.append(item)
+    for item in items:
         item = item.strip()
         if item.isdigit() and 1 <= int(item) <= len(choices):
             item = choices[int(item) - 1]
@@ -1053,12 +1503,23 @@ def parse_args(argv: list[str] | None) -> Any:
     parser = argparse.ArgumentParser(description="Benchmark together_lite on 127.0.0.1.")
     parser.add_argument("--json", metavar="PATH", help="save raw numbers to PATH")
     parser.add_argument(
-        "--only", metavar="ROWS", help="rows to run, by number or name: " + ",".join(ROWS)
+        "--only",
+        "--rows",
+        dest="only",
+        metavar="ROWS",
+        help="rows to run, by number or name (default: all but {}; 'all' for every row): {}".format(
+            ",".join(str(ROWS.index(r) + 1) for r in ROWS if r not in DEFAULT_ROWS), ",".join(ROWS)
+        ),
     )
     parser.add_argument("--clients", metavar="LIST", help="clients to run: " + ",".join(CLIENTS))
     parser.add_argument("--quick", action="store_true", help="small sizes, for development")
     parser.add_argument(
         "--rounds", type=int, metavar="N", help="rounds of turns (default 5); more steady a noisy machine"
+    )
+    parser.add_argument(
+        "--no-server-check",
+        action="store_true",
+        help="with rows 11-14, skip timing a raw aiohttp client against the paced server",
     )
     parser.add_argument(
         "--peers",
@@ -1078,7 +1539,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rounds < 1:
             raise SystemExit("--rounds must be at least 1")
         sizes["runs"] = args.rounds
-    rows = parse_selection(args.only, ROWS, "row")
+    rows = parse_selection(args.only, ROWS, "row", DEFAULT_ROWS)
     clients = parse_selection(args.clients, CLIENTS, "client")
 
     print("# together_lite benchmark")
@@ -1092,19 +1553,26 @@ def main(argv: list[str] | None = None) -> int:
         own_python = make_bare_venv(os.path.join(tmp, "venv"))
         peers = os.path.abspath(args.peers)
         interpreters, notes = locate_clients(clients, peers, own_python, env)
+        if not args.no_server_check and any(row in ASTREAM_ROWS for row in rows):
+            checker = os.path.join(peers, SERVER_CHECK_VENV, "bin", "python")
+            if os.path.exists(checker):
+                interpreters[SERVER_CHECK] = checker
+            else:
+                notes.append(f"server check skipped: no venv with aiohttp at {checker}")
         for line in describe_interpreters(interpreters):
             print(line)
         sys.stdout.flush()
-        results = run_all(rows, interpreters, sizes, env, tmp)
+        results, paced_stats = run_all(rows, interpreters, sizes, env, tmp)
 
     print()
     print(render_table(rows, results, sizes))
     print()
     notes.extend(result_notes(rows, interpreters, results, sizes))
+    notes.extend(paced_notes(results, paced_stats, sizes))
     for note in notes:
         print("- " + note)
     if args.json:
-        save_json(args.json, sizes, interpreters, results, notes)
+        save_json(args.json, sizes, interpreters, dict(results, paced_server=paced_stats), notes)
         print("- raw numbers saved to " + args.json)
     return 0
 
@@ -1115,11 +1583,14 @@ def run_all(
     sizes: dict[str, int],
     env: dict[str, str],
     tmp: str,
-) -> dict[str, dict[str, Any]]:
-    """Start the server, measure every (row, client), stop the server."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Start the server, measure every (row, client), stop the server. Also
+    returns the paced server's reports on its schedule, by row."""
     results: dict[str, dict[str, Any]] = {}
     cafile = make_tls_files(tmp)
     server, ports = start_server(tmp)
+    if os.getpriority(os.PRIO_PROCESS, server.pid) != SERVER_NICE:
+        print(f"note: the server runs without nice {SERVER_NICE} (no privilege)", file=sys.stderr)
     # The clients take turns, one sample each per round: a shared machine's slow
     # spells (seconds long) then hit every client alike instead of one client's run.
     rounds = sizes["runs"]
@@ -1136,11 +1607,13 @@ def run_all(
             cache: dict[tuple[str, str], Any] = {}
             for row in rows:
                 for client in interpreters:
+                    if client == SERVER_CHECK and row not in ASTREAM_ROWS:
+                        continue
                     entry = measure_safely(runner, row, client, cache)
                     merge_entry(results.setdefault(row, {}), client, entry)
     finally:
         stop_server(server)
-    return results
+    return results, runner.paced_stats
 
 
 def merge_entry(row_results: dict[str, Any], client: str, entry: dict[str, Any]) -> None:
@@ -1165,19 +1638,90 @@ def result_notes(
     sizes: dict[str, int],
 ) -> list[str]:
     notes = []
-    if "async" in rows and "httpclient" in interpreters:
+    if "httpclient" in interpreters:
+        numbers = row_numbers(rows, ("async", "async_warm"))
+        if numbers:
+            notes.append(
+                f"* http.client floor, {numbers}: the server time itself"
+                f" ({ASYNC_SERVER_DELAY:g} s), not a measurement"
+            )
+        numbers = row_numbers(rows, ("astream", "astream_2x"))
+        if numbers:
+            pacing = sizes["astream_chunks"] * PACED_INTERVAL
+            notes.append(
+                f"* http.client floor, {numbers}: the server's pacing itself"
+                f" ({sizes['astream_chunks']} x {PACED_INTERVAL * 1000:g} ms = {pacing:g} s),"
+                " not a measurement"
+            )
+    if "urllib" in interpreters and row_numbers(rows, tuple(ASTREAM_ROWS)):
         notes.append(
-            "* http.client floor, row 7: the server time itself (0.1 s), not a measurement"
+            "urlopen, rows 11-14: not run (the default executor's few threads would"
+            " take minutes over thousands of 2 s streams)"
         )
     notes.append(
         f"medians of {sizes['runs']} rounds in which the clients take turns"
         f" (import and cold start: fresh processes each round);"
         " ratios below 1 mean together_lite is faster or smaller"
     )
-    for client_results in results.values():
+    for row, client_results in results.items():
         for client, entry in client_results.items():
             if "error" in entry:
-                notes.append("error in {}: {}".format(CLIENT_TITLES[client], entry["error"]))
+                last_line = entry["error"].strip().splitlines()[-1]
+                title, number = CLIENT_TITLES[client], ROWS.index(row) + 1
+                notes.append(f"error in {title}, row {number}: {last_line}")
+    return notes
+
+
+def row_numbers(rows: list[str], wanted: tuple[str, ...]) -> str:
+    """'row 7' or 'rows 7 and 10': the numbers of those of WANTED that are in ROWS."""
+    numbers = [str(ROWS.index(row) + 1) for row in ROWS if row in wanted and row in rows]
+    if not numbers:
+        return ""
+    if len(numbers) == 1:
+        return "row " + numbers[0]
+    return "rows " + ", ".join(numbers[:-1]) + " and " + numbers[-1]
+
+
+def paced_notes(
+    results: dict[str, dict[str, Any]],
+    paced_stats: dict[str, list[dict[str, Any]]],
+    sizes: dict[str, int],
+) -> list[str]:
+    """How the paced server of rows 11-14 kept up: the raw aiohttp check, and its lateness."""
+    notes = []
+    for row in ("astream", "astream_2x"):
+        entry = results.get(row, {}).get(SERVER_CHECK)
+        if entry is None:
+            continue
+        streams = sizes[ASTREAM_ROWS[row]]
+        if "error" in entry:
+            shown = "error"
+        else:
+            times = sorted(entry["samples"])
+            shown = f"{format_value(row, entry['median'])} ms"
+            shown += f" (runs {format_value(row, times[0])}-{format_value(row, times[-1])} ms)"
+        reports = [r for r in paced_stats.get(row, []) if r["client"] == SERVER_CHECK]
+        if reports:
+            spans = sorted(r["span_ms"] for r in reports)
+            shown += (
+                f"; the server wrote its last chunk {spans[0]:,.0f}-{spans[-1]:,.0f} ms"
+                " after the first stream began"
+            )
+        notes.append(
+            f"server check, row {ROWS.index(row) + 1}: a raw aiohttp ClientSession without a"
+            f" connection limit read the {streams:,} streams in {shown}"
+        )
+    for row, reports in paced_stats.items():
+        if not reports:
+            continue
+        late = max(r["late_max_ms"] for r in reports)
+        mean = max(r["late_mean_ms"] for r in reports)
+        worst = max(reports, key=lambda r: r["late_max_ms"])
+        notes.append(
+            f"paced server, row {ROWS.index(row) + 1}: chunks at most {late:.1f} ms late"
+            f" (worst mean per run {mean:.2f} ms; worst run: {CLIENT_TITLES[str(worst['client'])]},"
+            f" {worst['cpu_s']:.2f} s of server CPU)"
+        )
     return notes
 
 
@@ -1217,6 +1761,9 @@ def measure_safely(
         shown = "error: " + entry["error"].splitlines()[-1]
     elapsed = time.perf_counter() - started
     print(f"  {row:<7} {CLIENT_TITLES[client]:<18} {shown}  ({elapsed:.1f}s)", file=sys.stderr)
+    for line in runner.progress:
+        print(line, file=sys.stderr)
+    runner.progress.clear()
     return entry
 
 

@@ -1549,7 +1549,7 @@ class Stream(_Generic[_T]):
     def __next__(self) -> _T:
         chunk = next(self._pending, _END)
         while chunk is _END:
-            self._pending = iter(self._read())  # StopIteration at the end
+            self._pending = iter(self._read() or ())  # StopIteration at the end
             chunk = next(self._pending, _END)
         return chunk  # type: ignore[no-any-return]
 
@@ -1576,8 +1576,8 @@ class Stream(_Generic[_T]):
         if reading:  # a read is blocked in another thread: wake it; its generator then closes the connection
             self._http.abort()
 
-    def _read(self) -> list[Any]:
-        """The chunks of the next read of the body; StopIteration at the end."""
+    def _read(self) -> list[Any] | None:
+        """The chunks of the next read of the body; StopIteration at the end, None if nothing is here yet."""
         if self._deferred is not None:
             error, self._deferred = self._deferred, None
             raise error
@@ -1600,12 +1600,12 @@ class Stream(_Generic[_T]):
         Returns ``_END`` at the end. AsyncStream runs this on a worker.
         """
         try:
-            batch = self._read()
+            batch = self._read() or []
         except StopIteration:
             return _END
         try:
             while self._http.has_event():
-                batch.extend(self._read())
+                batch.extend(self._read() or ())
         except StopIteration:
             pass
         except TogetherException as exc:
@@ -1613,10 +1613,6 @@ class Stream(_Generic[_T]):
                 raise
             self._deferred = exc  # the chunks before the error reach the caller first
         return batch
-
-    def _ready(self) -> bool:
-        """Whether the next read can go ahead without waiting for the server: bytes are here, or it ended."""
-        return self._stopped or self._deferred is not None or self._http.ready()
 
     def _fileno(self) -> int:
         return self._http.fileno()
@@ -1632,8 +1628,12 @@ class Stream(_Generic[_T]):
         return _connection_error(socket.timeout(), "reading the stream from", self._http.route, self.response.request)
 
 
-def _read_stream(response: _Response, parse: Callable[[Any], Any], public: Response) -> Generator[list[Any], None, None]:
+def _read_stream(
+    response: _Response, parse: Callable[[Any], Any], public: Response
+) -> Generator[list[Any] | None, None, None]:
     """A stream's whole life: the chunks of each read of the body (a list, maybe empty), to its end.
+
+    None stands for a read that found nothing yet (only on a non-blocking response).
 
     Ends at ``[DONE]``, or when the server closes after a chunk with a
     finish_reason; raises at an error event and when the body stops before
@@ -1644,6 +1644,9 @@ def _read_stream(response: _Response, parse: Callable[[Any], Any], public: Respo
     finished = clean = False
     try:
         for data in response.iter_bytes():
+            if not data:  # a non-blocking read found nothing yet
+                yield None
+                continue
             batch: list[Any] = []
             for event in decoder.feed(data):
                 text = event.data
@@ -1652,8 +1655,12 @@ def _read_stream(response: _Response, parse: Callable[[Any], Any], public: Respo
                 if text.startswith("[DONE]"):
                     clean = True
                     break
-                payload = _decode_event(text, public)
-                error = _event_error(event.event, payload, public)
+                try:
+                    payload = _decode_event(text, public)
+                except JSONError as exc:
+                    error: APIError | None = exc
+                else:
+                    error = _event_error(event.event, payload, public)
                 if error is not None:
                     if batch:
                         yield batch  # the chunks before the error still reach the caller
@@ -2128,19 +2135,6 @@ class _Connection:
         """How many received bytes no one has read yet."""
         return self.raw.received - self.reader.tell()
 
-    def ready(self) -> bool:
-        """Whether a read would find bytes without waiting: some are buffered here, or in the TLS layer."""
-        return self.unread() > 0 or self.tls_pending()
-
-    def buffered(self) -> bytes:
-        """The bytes received and not yet read, without a system call."""
-        return self.reader.peek(1) if self.unread() else b""  # peek() reads nothing more while it has bytes
-
-    def tls_pending(self) -> bool:
-        """Whether the TLS layer holds decrypted bytes, which the socket no longer shows as readable."""
-        pending = getattr(self.sock, "pending", None)
-        return pending is not None and pending() > 0
-
     def peek_now(self) -> bytes:
         """The bytes a read would get without waiting (from the buffer, or else one non-blocking read)."""
         import contextlib
@@ -2340,9 +2334,87 @@ def _decoder(headers: Mapping[str, str], transfer_codings: list[str]) -> _Decode
     return _Decoder(codings) if codings else None
 
 
+class _ChunkedBody:
+    """Chunked transfer coding, undone as bytes arrive: ``feed()`` gives the body's bytes among them.
+
+    It takes any split of the bytes (a chunk's size line may come in two reads),
+    so a read never needs more than what the socket has.
+    """
+
+    def __init__(self) -> None:
+        self.state = "size"  # then "data", "end of data", ..., "trailer", "done"
+        self.left = 0  # bytes left in the current chunk's data
+        self.line = b""  # a line begun in an earlier read
+        self.extra = b""  # bytes after the body, an answer to nothing
+        self._trailers = 0
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    def feed(self, data: bytes) -> bytes:
+        """The body's bytes in ``data``, framing taken out."""
+        pieces = []
+        position, end = 0, len(data)
+        while position < end:
+            if self.state == "data":
+                taken = min(self.left, end - position)
+                pieces.append(data[position : position + taken])
+                position += taken
+                self.left -= taken
+                if not self.left:
+                    self.state = "end of data"
+                continue
+            if self.state == "done":
+                self.extra = data[position:]
+                break
+            newline = data.find(b"\n", position)
+            if newline < 0:
+                self._begin_line(data[position:])
+                break
+            line, self.line = self.line + data[position : newline + 1], b""
+            position = newline + 1
+            self._take_line(line)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _begin_line(self, part: bytes) -> None:
+        self.line += part
+        if len(self.line) > _MAX_LINE:
+            raise _ProtocolError(f"the server sent a chunked body with a line longer than {_MAX_LINE} bytes.")
+
+    def _take_line(self, line: bytes) -> None:
+        if self.state == "size":
+            size = line.split(b";", 1)[0].strip()
+            if not size or size.strip(b"0123456789abcdefABCDEF"):
+                raise _ProtocolError(f"the server sent a malformed chunked body (chunk size {line[:40]!r}).")
+            self.left = int(size, 16)
+            self.state = "data" if self.left else "trailer"
+        elif self.state == "end of data":
+            if line not in (b"\r\n", b"\n"):
+                raise _ProtocolError("the server sent a malformed chunked body (no line end after a chunk).")
+            self.state = "size"
+        elif line in (b"\r\n", b"\n"):  # the blank line that ends the trailer section
+            self.state = "done"
+        else:
+            self._trailers += 1
+            if self._trailers > _MAX_HEADERS:
+                raise _ProtocolError(f"the server sent more than {_MAX_HEADERS} trailer lines.")
+
+    def missing(self) -> int:
+        """How many more bytes at least the body needed, had it not been cut off."""
+        if self.state == "data":
+            return self.left
+        return 2 if self.state == "end of data" else 1
+
+
 def _ends_an_event(data: bytes) -> bool:
     """Whether these next bytes of an event stream hold a blank line, the end of an event."""
     return b"\n\n" in data or b"\r\n\r\n" in data or b"\r\r" in data
+
+
+def _would_block(exc: OSError) -> bool:
+    """Whether a failed non-blocking read only means "nothing yet" (plain sockets, and TLS ones)."""
+    return isinstance(exc, BlockingIOError) or type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError")
 
 
 class _Response:
@@ -2385,8 +2457,8 @@ class _Response:
             self._remaining = _content_length(headers)
         framed = self._chunked or self._remaining is not None
         self._keep_alive = reusable and framed and _keeps_alive(version, headers)
-        self._chunk_left = 0  # bytes left in the current chunk
-        self._need_crlf = False  # a chunk's data was read, its closing CRLF not yet
+        self._chunks = _ChunkedBody() if self._chunked else None
+        self._nonblocking = False  # a read that would wait returns None instead (AsyncStream's reads)
         self._received = 0
         self._eof = self._remaining == 0
         self._finished = False
@@ -2406,18 +2478,6 @@ class _Response:
     def finished(self) -> bool:
         """Whether the connection was released or closed."""
         return self._finished
-
-    def ready(self) -> bool:
-        """Whether reading on cannot wait for the server: a whole event is already here, or the body is done.
-
-        Only the bytes already received count (no system call): a chunk's trailing
-        line end or half an event would have the read wait for the rest.
-        """
-        if self._finished or self._eof:
-            return True
-        if self._decoder is not None:  # compressed: any bytes may decode to an event
-            return self._connection.ready()
-        return _ends_an_event(self._connection.buffered()) or self._connection.tls_pending()
 
     def fileno(self) -> int:
         return self._connection.sock.fileno()
@@ -2460,20 +2520,32 @@ class _Response:
         return data
 
     def iter_bytes(self) -> Iterator[bytes]:
-        """The body as it arrives, each piece as soon as the server sends it."""
-        decoder = self._decoder
+        """The body as it arrives, each piece as soon as the server sends it.
+
+        A non-blocking response gives b"" when nothing new has arrived; the body then goes on.
+        """
         while True:
             try:
-                data = self._read1(_READ_SIZE)
-                if decoder is not None:
-                    data = decoder.decompress(data) if data else decoder.flush()
-                    if not data and not self._eof:
-                        continue
+                data = self._next_piece()
             except Exception as exc:
                 raise _connection_error(exc, "reading the stream from", self.route) from exc
-            if not data:
+            if data is None:
+                yield b""
+            elif data:
+                yield data
+            else:
                 return
-            yield data
+
+    def _next_piece(self) -> bytes | None:
+        """The next decoded bytes of the body; b"" at its end, None if a non-blocking read would wait."""
+        decoder = self._decoder
+        while True:
+            data = self._read1(_READ_SIZE)
+            if decoder is None or data is None:
+                return data
+            data = decoder.decompress(data) if data else decoder.flush()
+            if data or self._eof:
+                return data
 
     def _read_body(self, limit: int | None) -> bytes:
         remaining = self._remaining
@@ -2488,64 +2560,54 @@ class _Response:
         size = 0
         while limit is None or size < limit:
             piece = self._read1(_READ_SIZE if limit is None else min(_READ_SIZE, limit - size))
-            if not piece:
+            if not piece:  # the end (never None: whole bodies are read blocking)
                 break
             parts.append(piece)
             size += len(piece)
         return b"".join(parts)
 
-    def _read1(self, size: int) -> bytes:
-        """Up to ``size`` bytes of the body with at most one read of the socket; b"" at its end."""
-        if self._eof:
-            return b""
-        if self._chunked:
-            return self._read1_chunked(size)
+    def _read1(self, size: int) -> bytes | None:
+        """Some bytes of the body, as few reads of the socket as give any; b"" at its end.
+
+        None when the connection is non-blocking and a read would wait.
+        """
+        while not self._eof:
+            remaining = self._remaining
+            try:
+                data = self._reader.read1(size if remaining is None else min(size, remaining))
+            except OSError as exc:
+                if self._nonblocking and _would_block(exc):
+                    return None
+                raise
+            body = self._take(data)
+            if body:
+                return body
+        return b""
+
+    def _take(self, data: bytes) -> bytes:
+        """The body's bytes in what one read gave; marks the end of the body, or raises if it was cut off."""
+        self._received += len(data)
+        chunks = self._chunks
+        if chunks is not None:
+            if not data:
+                raise self._incomplete(chunks.missing())
+            body = chunks.feed(data)
+            self._eof = chunks.done
+            return body
         remaining = self._remaining
         if remaining is None:  # the body ends when the server closes the connection
-            data = self._reader.read1(size)
             self._eof = not data
             return data
-        data = self._reader.read1(min(size, remaining))
-        self._count(data, remaining)
-        self._remaining = remaining - len(data)
-        self._eof = self._remaining == 0
+        if not data:
+            raise self._incomplete(remaining)
+        self._remaining = remaining = remaining - len(data)
+        self._eof = not remaining
         return data
 
-    def _read1_chunked(self, size: int) -> bytes:
-        if not self._chunk_left:
-            if self._need_crlf:
-                self._expect_crlf()
-            self._chunk_left = self._read_chunk_size()
-            if not self._chunk_left:
-                _read_headers(self._reader)  # the trailer section
-                self._eof = True
-                return b""
-        data = self._reader.read1(min(size, self._chunk_left))
-        self._count(data, self._chunk_left)
-        self._chunk_left -= len(data)
-        self._need_crlf = not self._chunk_left
-        return data
-
-    def _read_chunk_size(self) -> int:
-        line = self._reader.readline(_MAX_LINE + 1)
-        size = line.split(b";", 1)[0].strip()
-        if not size or len(line) > _MAX_LINE or size.strip(b"0123456789abcdefABCDEF"):
-            if not line:
-                raise self._incomplete(1)
-            raise _ProtocolError(f"the server sent a malformed chunked body (chunk size {line[:40]!r}).")
-        return int(size, 16)
-
-    def _expect_crlf(self) -> None:
-        line = self._reader.readline(3)
-        if line not in (b"\r\n", b"\n"):
-            if not line:
-                raise self._incomplete(2)
-            raise _ProtocolError("the server sent a malformed chunked body (no line end after a chunk).")
-
-    def _count(self, data: bytes, expected: int) -> None:
-        self._received += len(data)
-        if len(data) < min(expected, 1):
-            raise self._incomplete(expected - len(data))
+    def set_nonblocking(self) -> None:
+        """From now on a read that would wait returns None (timeouts are then the caller's)."""
+        self._nonblocking = True
+        self._connection.sock.settimeout(0.0)
 
     def _incomplete(self, missing: int) -> _ProtocolError:
         return _ProtocolError(
@@ -2570,18 +2632,26 @@ class _Response:
         self._finished = True
         # Bytes after a complete response are no answer to anything (RFC 9112 section 6.3):
         # a connection that has them is closed, or the next request would read them.
-        reusable = complete and self._keep_alive and not self._connection.unread()
+        leftover = self._connection.unread() or (self._chunks is not None and self._chunks.extra)
+        reusable = complete and self._keep_alive and not leftover
         if self._cancel is not None and not self._cancel.detach(self._connection):
             reusable = False  # a cancel shut it down
         self._done(self.route, self._connection, reusable)
 
     def _drain(self) -> bool:
-        """Read a short tail (a chunked stream's last empty chunk); whether the body ended."""
+        """Read a short tail (a chunked stream's last empty chunk); whether the body ended.
+
+        A non-blocking response takes only the tail already here: it never waits.
+        """
         try:
-            self._connection.sock.settimeout(_DRAIN_SECONDS)
+            if not self._nonblocking:
+                self._connection.sock.settimeout(_DRAIN_SECONDS)
             drained = 0
             while not self._eof and drained <= _DRAIN_BYTES:
-                drained += len(self._read1(_READ_SIZE))
+                piece = self._read1(_READ_SIZE)
+                if piece is None:
+                    return False
+                drained += len(piece)
         except Exception:
             return False
         return self._eof
@@ -4112,6 +4182,25 @@ def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], sette
         _close_abandoned(value)
 
 
+def _loop_watches(fd: int) -> bool:
+    """Whether the running event loop can watch a socket for bytes (Windows' proactor loop cannot)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_reader(fd, _wake, loop.create_future())
+    except NotImplementedError:
+        return False
+    loop.remove_reader(fd)
+    return True
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(exc, asyncio.CancelledError)
+
+
 def _wake(future: asyncio.Future[bool], ready: bool = True) -> None:
     if not future.done():
         future.set_result(ready)
@@ -4283,50 +4372,55 @@ class AsyncTogether:
         call.cancel = _Cancel()
         return await self._run(call.cancel, self._sync._send, call, read_body)  # type: ignore[no-any-return]
 
-    async def _next_batch(self, stream: AsyncStream[Any]) -> Any:
-        """The stream's next chunks. The wait for them is on the event loop; only the read is on a worker,
-        so a thousand waiting streams hold no threads. A cancelled read closes the stream, cut off."""
-        import asyncio
-
-        sync = stream.stream
-        try:
-            if not sync._ready():
-                await stream._readable()
-            return await self._run(None, sync._next_available)
-        except asyncio.CancelledError:
-            stream._cut_off = True
-            sync.close()
-            raise
-
 
 AsyncClient = AsyncTogether
 
 
 class AsyncStream(_Generic[_T]):
-    """The chunks of a streamed completion, for ``async for``; ``aclose()`` or ``async with`` releases it."""
+    """The chunks of a streamed completion, for ``async for``; ``aclose()`` or ``async with`` releases it.
+
+    Where the event loop watches sockets (every loop but Windows' proactor), the
+    stream's socket is made non-blocking and its chunks are read on the loop as
+    they arrive: a waiting stream holds no thread. Elsewhere each read runs on
+    a worker.
+    """
 
     def __init__(self, stream: Stream[_T], client: AsyncTogether) -> None:
         self.stream = stream
         self._client = client
         self._pending: Iterator[Any] = iter(())
         self._cut_off = False  # a read was cancelled, which closed the stream mid-way
+        self._on_loop: bool | None = None  # whether reads run on the event loop; settled by the first
+        self._timeout = stream._read_timeout()  # for each wait for more, as a blocking read has it
         self._waiter: asyncio.Future[bool] | None = None  # set while waiting for the socket to have bytes
 
-    async def _readable(self) -> None:
-        """Wait on the event loop until the stream's socket has bytes or an end (at once where it cannot).
+    async def _next_batch(self) -> Any:
+        """The chunks of the next read that has any; ``_END`` at the end."""
+        if self._on_loop is None:
+            self._on_loop = _loop_watches(self.stream._fileno())
+            if self._on_loop:
+                self.stream._http.set_nonblocking()
+        if not self._on_loop:
+            return await self._client._run(None, self.stream._next_available)
+        while True:
+            try:
+                batch = self.stream._read()
+            except StopIteration:
+                return _END
+            if batch:
+                return batch
+            if batch is None:  # nothing here yet; an empty list means bytes that end no event: read on
+                await self._readable()
 
-        The wait has the read timeout a blocking read would have.
-        """
+    async def _readable(self) -> None:
+        """Wait on the event loop until the socket has bytes or an end, within the read timeout."""
         import asyncio
 
         loop = asyncio.get_running_loop()
-        fd, timeout = self.stream._fileno(), self.stream._read_timeout()
+        fd = self.stream._fileno()
         waiter = self._waiter = loop.create_future()
-        try:
-            loop.add_reader(fd, _wake, waiter)
-        except NotImplementedError:  # Windows' proactor loop watches no sockets: the read waits on a worker
-            return
-        expiry = None if timeout is None else loop.call_later(timeout, _wake, waiter, False)
+        loop.add_reader(fd, _wake, waiter)
+        expiry = None if self._timeout is None else loop.call_later(self._timeout, _wake, waiter, False)
         try:
             if not await waiter:
                 raise self.stream._timed_out()
@@ -4354,7 +4448,13 @@ class AsyncStream(_Generic[_T]):
         while chunk is _END:
             if self._cut_off:  # ending quietly here would pass a cut-off answer for a whole one
                 raise APIConnectionError("The stream was closed when a read of it was cancelled (by a timeout?).")
-            batch = await self._client._next_batch(self)
+            try:
+                batch = await self._next_batch()
+            except BaseException as exc:
+                if _is_cancellation(exc):  # a task cancelled, or a per-chunk wait_for that ran out
+                    self._cut_off = True
+                    self.stream.close()
+                raise
             if batch is _END:
                 raise StopAsyncIteration
             self._pending = iter(batch)

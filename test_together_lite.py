@@ -233,6 +233,15 @@ def record_delays(delays: List[float]) -> Callable[[float, Any], None]:
     return lambda seconds, cancel: delays.append(seconds)
 
 
+def record_async_delays(delays: List[float]) -> Callable[[float], Any]:
+    """An async client's sleep between attempts that records the delay instead of waiting."""
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    return sleep
+
+
 def make_client(server: Server, **options: Any) -> tl.Together:
     options.setdefault("api_key", "test-key")
     options.setdefault("timeout", 5)
@@ -5701,7 +5710,9 @@ def test_50_calls_in_flight_at_once_all_succeed_with_their_own_results(aio_serve
 
 
 @pytest.mark.parametrize("max_workers", [1, 3])
-def test_max_workers_bounds_the_calls_in_flight(aio_server: Server, max_workers: int) -> None:
+def test_max_workers_bounds_the_threads_and_calls_waiting_for_the_server_hold_none(
+    aio_server: Server, max_workers: int
+) -> None:
     lock = threading.Lock()
     active = [0]
     peak = [0]
@@ -5717,13 +5728,18 @@ def test_max_workers_bounds_the_calls_in_flight(aio_server: Server, max_workers:
 
     aio_server.default = slow_echo
 
+    threads: List[int] = []
+
     async def main() -> List[Any]:
         async with aio_make_client(aio_server, max_workers=max_workers) as client:
-            return await asyncio.gather(*(aio_ask(client, f"q{i}") for i in range(2 * max_workers)))
+            results = await asyncio.gather(*(aio_ask(client, f"q{i}") for i in range(2 * max_workers)))
+            threads.append(client._executor.threads)
+            return results
 
     results = aio_run(main())
     assert [result.choices[0].message.content for result in results] == [f"re: q{i}" for i in range(2 * max_workers)]
-    assert peak[0] == max_workers
+    assert peak[0] == 2 * max_workers  # all at the server at once
+    assert threads[0] <= max_workers
 
 
 def test_the_event_loop_keeps_ticking_during_slow_calls_and_a_slow_stream(aio_server: Server) -> None:
@@ -6292,7 +6308,7 @@ def test_retries_match_the_sync_client(
                     result: Any = chat(sync_client).choices[0].message.content
             else:
                 client = aio_make_client(aio_server, max_retries=max_retries)
-                client._sync._sleep = record_delays(delays)
+                client._sleep = record_async_delays(delays)
                 try:
                     result = aio_run(chat(client)).choices[0].message.content
                 finally:
@@ -6310,7 +6326,7 @@ def test_a_per_call_max_retries_0_makes_one_attempt(aio_server: Server) -> None:
     aio_server.reply(Reply(500), Reply(200, CHAT_RESPONSE))
     client = aio_make_client(aio_server, max_retries=3)
     delays: List[float] = []
-    client._sync._sleep = record_delays(delays)
+    client._sleep = record_async_delays(delays)
 
     async def main() -> None:
         async with client:
@@ -6370,7 +6386,7 @@ def test_a_network_failure_raises_api_connection_error(aio_server: Server, failu
 def test_connection_refused_is_retried_then_raises_api_connection_error() -> None:
     client = tl.AsyncTogether(api_key="k", base_url=aio_closed_port_url(), timeout=5, max_retries=2)
     delays: List[float] = []
-    client._sync._sleep = record_delays(delays)
+    client._sleep = record_async_delays(delays)
 
     async def main() -> None:
         async with client:

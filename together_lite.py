@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from typing import (
         Any,
         AsyncIterator,
+        Awaitable,
         Callable,
         ClassVar,
         Collection,
@@ -2793,6 +2794,55 @@ def _close_idle_connections(
 _PEER_CLOSED: Final = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
+class _Readable:
+    """A step of a call: it waits until ``sock`` has bytes (the answer), up to ``timeout`` seconds."""
+
+    __slots__ = ("sock", "timeout")
+
+    def __init__(self, sock: socket.socket, timeout: float | None) -> None:
+        self.sock = sock
+        self.timeout = timeout
+
+
+class _Pause:
+    """A step of a call: it waits ``seconds`` before trying again."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+if TYPE_CHECKING:
+    _Steps = Generator[Union[_Readable, _Pause], None, _T]
+
+
+def _run_steps(
+    steps: _Steps[_T],
+    sleep: Callable[[float, _Cancel | None], None],
+    cancel: _Cancel | None,
+    step: _Readable | _Pause | None = None,
+) -> _T:
+    """Run a call's steps in this thread (from ``step``, if they are at one already).
+
+    A wait for bytes is the blocking read that follows it; a pause sleeps.
+    (AsyncTogether runs the same steps itself: it waits on the event loop, and
+    hands each stretch between waits to a worker.)
+    """
+    try:
+        if step is None:
+            step = next(steps)
+        while True:
+            if isinstance(step, _Pause):
+                sleep(step.seconds, cancel)
+                if cancel is not None and cancel.cancelled:
+                    steps.close()
+                    raise _cancelled_error()
+            step = next(steps)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
 class _StaleConnection(Exception):
     """A reused connection the server had closed: it never saw the request, which can go again."""
 
@@ -2811,10 +2861,14 @@ class _Transport:
         body: bytes,
         timeouts: _Timeouts,
         cancel: _Cancel | None = None,
-    ) -> _Response:
-        """POST ``body``; follows same-origin 307/308 redirects and nothing else."""
+    ) -> _Steps[_Response]:
+        """POST ``body``; follows same-origin 307/308 redirects and nothing else.
+
+        A generator: it yields a ``_Readable`` step before each wait for the
+        server's answer, and returns the response (see ``_run_steps``).
+        """
         for _ in range(_MAX_REDIRECTS):
-            response = self._send_once(origin, path, headers, body, timeouts, cancel)
+            response = yield from self._send_once(origin, path, headers, body, timeouts, cancel)
             location = response.headers.get("location")
             if response.status not in _REDIRECT_STATUSES or not location:
                 return response
@@ -2823,7 +2877,7 @@ class _Transport:
                 return response
             response.release()
             path = target
-        return self._send_once(origin, path, headers, body, timeouts, cancel)  # its redirect is not followed
+        return (yield from self._send_once(origin, path, headers, body, timeouts, cancel))  # its redirect is not followed
 
     def _send_once(
         self,
@@ -2833,7 +2887,7 @@ class _Transport:
         body: bytes,
         timeouts: _Timeouts,
         cancel: _Cancel | None,
-    ) -> _Response:
+    ) -> _Steps[_Response]:
         """One request and its response head.
 
         A server may close a kept-alive connection just as a request is written
@@ -2849,14 +2903,14 @@ class _Transport:
         connection = self.pool.get_idle(origin, timeouts)
         if connection is not None:
             try:
-                return self._exchange(connection, True, route, request, timeouts, cancel)
+                return (yield from self._exchange(connection, True, route, request, timeouts, cancel))
             except _StaleConnection:
                 pass
         try:
             connection = self.pool.connect(route, timeouts, cancel)
         except Exception as exc:
             raise self._error(exc, cancel, "connecting to", route) from exc
-        return self._exchange(connection, False, route, request, timeouts, cancel)
+        return (yield from self._exchange(connection, False, route, request, timeouts, cancel))
 
     def _exchange(
         self,
@@ -2866,7 +2920,7 @@ class _Transport:
         request: bytes,
         timeouts: _Timeouts,
         cancel: _Cancel | None,
-    ) -> _Response:
+    ) -> _Steps[_Response]:
         """Write the request on ``connection`` and read the head of the response."""
         if cancel is not None:
             cancel.attach(connection)
@@ -2882,12 +2936,16 @@ class _Transport:
                 raise _StaleConnection from exc
             raise self._error(exc, cancel, "sending the request to", route) from exc
         try:
+            yield _Readable(connection.sock, timeouts.read)
             return _Response(connection, _read_head(connection.reader), route, self._recycle, cancel)
         except Exception as exc:
             connection.close()
             if reused and connection.raw.received == received and _never_answered(exc, cancel):
                 raise _StaleConnection from exc
             raise self._error(exc, cancel, "waiting for the response from", route) from exc
+        except BaseException:  # the steps were abandoned at the wait (a cancelled task)
+            connection.close()
+            raise
 
     def _early_response(self, connection: _Connection, route: _Route, cancel: _Cancel | None) -> _Response | None:
         """The answer a server sent before it stopped reading a request (a 413 for a big upload), if any."""
@@ -3405,10 +3463,15 @@ class Together:
         return result
 
     def _send(self, call: _Call, read_body: bool = True) -> _Response:
+        """Send with retries, in this thread; see ``_send_steps``."""
+        return _run_steps(self._send_steps(call, read_body), self._sleep, call.cancel)
+
+    def _send_steps(self, call: _Call, read_body: bool = True) -> _Steps[_Response]:
         """Send with retries: on connection errors, timeouts, 408, 409, 429 and 5xx.
 
         A non-streaming body is read inside the loop, so a response cut off
         half-way is retried too; a stream is retried only until its headers.
+        A generator of the waits it makes (see ``_run_steps``).
         """
         data = _encode_body(call.body)
         logger = _get_logger(10)
@@ -3421,14 +3484,16 @@ class Together:
             call.retries_taken = retries_taken
             started = time.monotonic()
             try:
-                response = self._transport.send(self._origin, call.path, call.headers, data, timeouts, cancel)
+                response = yield from self._transport.send(
+                    self._origin, call.path, call.headers, data, timeouts, cancel
+                )
                 if response.status < 300 and read_body:
                     response.read()
             except APIConnectionError as exc:
                 if retries_taken >= call.max_retries or not exc.retryable or (cancel and cancel.cancelled):
                     exc.request = exc.request or call.request
                     raise
-                self._wait(retries_taken, None, exc._reason, call)
+                yield self._pause(retries_taken, None, exc._reason, call)
                 continue
             call.elapsed = time.monotonic() - started
             _log_response(self.base_url + call.path[len(self._base_path) :], response, call.elapsed)
@@ -3437,12 +3502,13 @@ class Together:
             if retries_taken < call.max_retries and _should_retry(response.status, response.headers):
                 response.release()
                 reason = f"HTTP {response.status} from {response.route}"
-                self._wait(retries_taken, response.headers, reason, call)
+                yield self._pause(retries_taken, response.headers, reason, call)
                 continue
             raise _error_response(response, call)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _wait(self, retries_taken: int, headers: Mapping[str, str] | None, reason: str, call: _Call) -> None:
+    def _pause(self, retries_taken: int, headers: Mapping[str, str] | None, reason: str, call: _Call) -> _Pause:
+        """The wait before the next attempt, said in the log (and to the command line)."""
         import random
 
         retry_after = _retry_after_seconds(headers) if headers else None
@@ -3450,9 +3516,7 @@ class Together:
         _log_retry(reason, delay, retries_taken + 1, call.max_retries)
         if self._on_retry is not None:
             self._on_retry(reason, delay, retries_taken + 1, call.max_retries)
-        self._sleep(delay, call.cancel)
-        if call.cancel is not None and call.cancel.cancelled:
-            raise _cancelled_error()
+        return _Pause(delay)
 
 
 Client = Together
@@ -4187,12 +4251,42 @@ def _loop_watches(fd: int) -> bool:
     import asyncio
 
     loop = asyncio.get_running_loop()
+    kind = type(loop)
+    watches = _LOOP_WATCHES.get(kind)
+    if watches is None:
+        try:
+            loop.add_reader(fd, _wake, loop.create_future())
+        except NotImplementedError:
+            watches = False
+        else:
+            loop.remove_reader(fd)
+            watches = True
+        _LOOP_WATCHES[kind] = watches
+    return watches
+
+
+#: Whether each kind of event loop met so far can watch sockets.
+_LOOP_WATCHES: dict[type, bool] = {}
+
+
+async def _readable(fd: int, timeout: float | None, waiter: asyncio.Future[bool] | None) -> bool:
+    """Wait on the event loop until the socket ``fd`` has bytes (True) or ``timeout`` seconds pass (False).
+
+    ``waiter``, if given, is the future waited on: setting it ends the wait early.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    if waiter is None:
+        waiter = loop.create_future()
+    loop.add_reader(fd, _wake, waiter)
+    expiry = None if timeout is None else loop.call_later(timeout, _wake, waiter, False)
     try:
-        loop.add_reader(fd, _wake, loop.create_future())
-    except NotImplementedError:
-        return False
-    loop.remove_reader(fd)
-    return True
+        return await waiter
+    finally:
+        loop.remove_reader(fd)
+        if expiry is not None:
+            expiry.cancel()
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -4220,6 +4314,8 @@ def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
 
 def _close_abandoned(result: Any) -> None:
     """A result nobody will take: close it if it holds a connection."""
+    if isinstance(result, _Done):
+        result = result.value
     if isinstance(result, (Stream, _Response)):
         result.close()
 
@@ -4264,6 +4360,7 @@ class AsyncTogether:
         self._executor: _Workers | None = None
         self._executor_lock = threading.Lock()
         self._owns_executor = True
+        self._sleep: Callable[[float], Awaitable[None]] = _async_sleep  # between attempts
         self.chat = AsyncChat(self)
         self.completions = AsyncCompletions(self)
 
@@ -4363,14 +4460,67 @@ class AsyncTogether:
             raise
 
     async def _execute(self, call: _Call) -> Any:
-        """Send a checked call on the pool; a stream comes back as an AsyncStream."""
-        call.cancel = _Cancel()
-        result = await self._run(call.cancel, self._sync._execute, call)
-        return AsyncStream(result, self) if isinstance(result, Stream) else result
+        """Send a checked call (see ``_send``); a stream comes back as an AsyncStream."""
+        response = await self._send(call, True)
+        if call.stream:
+            kind = response.headers.get("content-type", "").lower()
+            if kind and "event-stream" not in kind:  # an answer instead of a stream: its body is read to say why
+                return await self._run(None, _open_stream, response, call)
+            return AsyncStream(_open_stream(response, call), self)
+        result = call.parse(_json_result(response, call))  # the body was read on a worker
+        result._request_id = _request_id(response.headers)
+        return result
 
     async def _send(self, call: _Call, read_body: bool) -> _Response:
-        call.cancel = _Cancel()
-        return await self._run(call.cancel, self._sync._send, call, read_body)  # type: ignore[no-any-return]
+        """Run a call's steps: each stretch between two waits on a worker, the waits on the event loop.
+
+        So a call waiting for the server holds no thread: a burst of calls
+        needs only as many workers as are sending or reading at one moment.
+        Where the loop cannot watch sockets, the steps all run on one worker.
+        """
+        import socket
+
+        cancel = call.cancel = _Cancel()
+        steps = self._sync._send_steps(call, read_body)
+        error: BaseException | None = None
+        while True:
+            step = await self._run(cancel, _advance, steps, error)
+            if isinstance(step, _Done):
+                return step.value  # type: ignore[no-any-return]
+            error = None
+            try:
+                if isinstance(step, _Pause):
+                    await self._sleep(step.seconds)
+                elif not _loop_watches(step.sock.fileno()):
+                    return await self._run(cancel, _run_steps, steps, self._sync._sleep, cancel, step)  # type: ignore[no-any-return]
+                elif not await _readable(step.sock.fileno(), step.timeout, None):
+                    error = socket.timeout()  # thrown into the steps at their wait, as a blocking read would raise it
+            except BaseException:  # cancelled while waiting here: no worker runs the steps now
+                steps.close()
+                raise
+
+
+class _Done:
+    """The end of a call's steps, with what they returned."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _advance(steps: _Steps[Any], error: BaseException | None) -> Any:
+    """On a worker: run the steps to their next wait (raising ``error`` at the one they are at), or to their end."""
+    try:
+        return steps.throw(error) if error is not None else next(steps)
+    except StopIteration as done:
+        return _Done(done.value)
+
+
+async def _async_sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
 
 
 AsyncClient = AsyncTogether
@@ -4416,19 +4566,13 @@ class AsyncStream(_Generic[_T]):
         """Wait on the event loop until the socket has bytes or an end, within the read timeout."""
         import asyncio
 
-        loop = asyncio.get_running_loop()
-        fd = self.stream._fileno()
-        waiter = self._waiter = loop.create_future()
-        loop.add_reader(fd, _wake, waiter)
-        expiry = None if self._timeout is None else loop.call_later(self._timeout, _wake, waiter, False)
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
-            if not await waiter:
-                raise self.stream._timed_out()
+            ready = await _readable(self.stream._fileno(), self._timeout, self._waiter)
         finally:
-            loop.remove_reader(fd)
-            if expiry is not None:
-                expiry.cancel()
             self._waiter = None
+        if not ready:
+            raise self.stream._timed_out()
 
     @property
     def response(self) -> Response:

@@ -2165,8 +2165,12 @@ class _Connection:
             return True
 
 
-def _open_socket(address: tuple[str, int], timeout: float | None, cancel: _Cancel | None) -> socket.socket:
-    """socket.create_connection, but each socket is watched by ``cancel`` before it connects."""
+def _open_socket(address: tuple[str, int], timeout: float | None, cancel: _Cancel | None) -> _Steps[socket.socket]:
+    """socket.create_connection, as steps: each address is tried with a non-blocking connect and a wait.
+
+    Each socket is watched by ``cancel`` before it connects.
+    """
+    import errno
     import socket
 
     host, port = address
@@ -2174,10 +2178,16 @@ def _open_socket(address: tuple[str, int], timeout: float | None, cancel: _Cance
     for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
         sock = socket.socket(family, kind, proto)
         try:
-            sock.settimeout(timeout)
+            sock.setblocking(False)
             if cancel is not None:
                 cancel.watch(sock)
-            sock.connect(sockaddr)
+            code = sock.connect_ex(sockaddr)
+            if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+                yield _Wait(sock, timeout, writable=True)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            sock.settimeout(timeout)
             return sock
         except OSError as exc:
             sock.close()
@@ -2190,11 +2200,14 @@ def _open_socket(address: tuple[str, int], timeout: float | None, cancel: _Cance
     raise error if error is not None else OSError(f"no address found for {host}")
 
 
-def _open_tunnel(sock: socket.socket, host: str, port: int, proxy_headers: Mapping[str, str]) -> None:
+def _open_tunnel(
+    sock: socket.socket, host: str, port: int, proxy_headers: Mapping[str, str], timeout: float | None
+) -> _Steps[None]:
     """Ask an HTTP proxy for a CONNECT tunnel to host:port over ``sock``."""
     target = _host_port(host, port, 0)
     lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", *(f"{k}: {v}" for k, v in proxy_headers.items())]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    yield _Wait(sock, timeout, polled=False)  # the read below waits by itself
     reader = sock.makefile("rb", buffering=0)  # unbuffered: nothing of the TLS handshake may be read here
     try:
         _, status, reason, _ = _read_head(reader)
@@ -2202,6 +2215,22 @@ def _open_tunnel(sock: socket.socket, host: str, port: int, proxy_headers: Mappi
         reader.close()
     if status != 200:
         raise _ProtocolError(f"the proxy refused the tunnel: {status} {reason}".rstrip(), retryable=status != 407)
+
+
+def _handshake(sock: ssl.SSLSocket, timeout: float | None) -> _Steps[None]:
+    """The TLS handshake, as steps: each wait for the server is a step."""
+    import ssl
+
+    sock.setblocking(False)
+    while True:
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            yield _Wait(sock, timeout)
+        except ssl.SSLWantWriteError:
+            yield _Wait(sock, timeout, writable=True)
+        else:
+            return
 
 
 def _read_head(reader: Any) -> tuple[str, int, str, dict[str, str]]:
@@ -2755,25 +2784,25 @@ class _ConnectionPool:
             self._closed = True  # from now on put() closes what it is given
         self._close_idle()
 
-    def connect(self, route: _Route, timeouts: _Timeouts, cancel: _Cancel | None) -> _Connection:
-        """A new connection: TCP, through the proxy if any, then TLS for https."""
+    def connect(self, route: _Route, timeouts: _Timeouts, cancel: _Cancel | None) -> _Steps[_Connection]:
+        """A new connection: TCP, through the proxy if any, then TLS for https; each wait a step."""
         import socket
 
         scheme, host, port = route.origin
         proxy = route.proxy
-        sock = _open_socket((proxy.host, proxy.port) if proxy else (host, port), timeouts.connect, cancel)
+        address = (proxy.host, proxy.port) if proxy else (host, port)
+        sock = yield from _open_socket(address, timeouts.connect, cancel)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
                 if proxy is not None:
-                    _open_tunnel(sock, host, port, proxy.headers)
+                    yield from _open_tunnel(sock, host, port, proxy.headers, timeouts.connect)
                 context = self._ssl_context or _default_ssl_context()
                 sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
                 if cancel is not None:
                     cancel.watch(sock)  # the TLS socket took over the descriptor
-                sock.do_handshake()
-            if timeouts.read != timeouts.connect:
-                sock.settimeout(timeouts.read)
+                yield from _handshake(sock, timeouts.connect)
+            sock.settimeout(timeouts.read)
         except BaseException:
             sock.close()
             raise
@@ -2794,14 +2823,20 @@ def _close_idle_connections(
 _PEER_CLOSED: Final = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
-class _Readable:
-    """A step of a call: it waits until ``sock`` has bytes (the answer), up to ``timeout`` seconds."""
+class _Wait:
+    """A step of a call: it waits until ``sock`` has bytes (or room to write), up to ``timeout`` seconds.
 
-    __slots__ = ("sock", "timeout")
+    ``polled`` is False when the blocking call that follows waits by itself
+    (a read with the socket's timeout), so a blocking runner skips the wait.
+    """
 
-    def __init__(self, sock: socket.socket, timeout: float | None) -> None:
+    __slots__ = ("polled", "sock", "timeout", "writable")
+
+    def __init__(self, sock: socket.socket, timeout: float | None, *, writable: bool = False, polled: bool = True) -> None:
         self.sock = sock
         self.timeout = timeout
+        self.writable = writable
+        self.polled = polled
 
 
 class _Pause:
@@ -2814,14 +2849,14 @@ class _Pause:
 
 
 if TYPE_CHECKING:
-    _Steps = Generator[Union[_Readable, _Pause], None, _T]
+    _Steps = Generator[Union[_Wait, _Pause], None, _T]
 
 
 def _run_steps(
     steps: _Steps[_T],
     sleep: Callable[[float, _Cancel | None], None],
     cancel: _Cancel | None,
-    step: _Readable | _Pause | None = None,
+    step: _Wait | _Pause | None = None,
 ) -> _T:
     """Run a call's steps in this thread (from ``step``, if they are at one already).
 
@@ -2838,9 +2873,30 @@ def _run_steps(
                 if cancel is not None and cancel.cancelled:
                     steps.close()
                     raise _cancelled_error()
+            elif step.polled and not _poll(step.sock, step.writable, step.timeout):
+                step = steps.throw(_timeout_error())
+                continue
             step = next(steps)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+def _poll(sock: socket.socket, writable: bool, timeout: float | None) -> bool:
+    """Wait until ``sock`` can be read (or written); False after ``timeout`` seconds."""
+    import select
+
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if writable else select.POLLIN)
+        return bool(poller.poll(None if timeout is None else timeout * 1000))
+    ready = select.select([] if writable else [sock], [sock] if writable else [], [sock], timeout)
+    return any(ready)
+
+
+def _timeout_error() -> OSError:
+    import socket
+
+    return socket.timeout("timed out")
 
 
 class _StaleConnection(Exception):
@@ -2907,7 +2963,7 @@ class _Transport:
             except _StaleConnection:
                 pass
         try:
-            connection = self.pool.connect(route, timeouts, cancel)
+            connection = yield from self.pool.connect(route, timeouts, cancel)
         except Exception as exc:
             raise self._error(exc, cancel, "connecting to", route) from exc
         return (yield from self._exchange(connection, False, route, request, timeouts, cancel))
@@ -2936,7 +2992,7 @@ class _Transport:
                 raise _StaleConnection from exc
             raise self._error(exc, cancel, "sending the request to", route) from exc
         try:
-            yield _Readable(connection.sock, timeouts.read)
+            yield _Wait(connection.sock, timeouts.read, polled=False)  # the read of the head waits by itself
             return _Response(connection, _read_head(connection.reader), route, self._recycle, cancel)
         except Exception as exc:
             connection.close()
@@ -4269,8 +4325,10 @@ def _loop_watches(fd: int) -> bool:
 _LOOP_WATCHES: dict[type, bool] = {}
 
 
-async def _readable(fd: int, timeout: float | None, waiter: asyncio.Future[bool] | None) -> bool:
-    """Wait on the event loop until the socket ``fd`` has bytes (True) or ``timeout`` seconds pass (False).
+async def _ready(
+    fd: int, timeout: float | None, waiter: asyncio.Future[bool] | None, *, writable: bool = False
+) -> bool:
+    """Wait on the event loop until the socket ``fd`` has bytes, or room to write: True; False after ``timeout``.
 
     ``waiter``, if given, is the future waited on: setting it ends the wait early.
     """
@@ -4279,12 +4337,13 @@ async def _readable(fd: int, timeout: float | None, waiter: asyncio.Future[bool]
     loop = asyncio.get_running_loop()
     if waiter is None:
         waiter = loop.create_future()
-    loop.add_reader(fd, _wake, waiter)
+    watch, unwatch = (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
+    watch(fd, _wake, waiter)
     expiry = None if timeout is None else loop.call_later(timeout, _wake, waiter, False)
     try:
         return await waiter
     finally:
-        loop.remove_reader(fd)
+        unwatch(fd)
         if expiry is not None:
             expiry.cancel()
 
@@ -4478,8 +4537,6 @@ class AsyncTogether:
         needs only as many workers as are sending or reading at one moment.
         Where the loop cannot watch sockets, the steps all run on one worker.
         """
-        import socket
-
         cancel = call.cancel = _Cancel()
         steps = self._sync._send_steps(call, read_body)
         error: BaseException | None = None
@@ -4493,8 +4550,8 @@ class AsyncTogether:
                     await self._sleep(step.seconds)
                 elif not _loop_watches(step.sock.fileno()):
                     return await self._run(cancel, _run_steps, steps, self._sync._sleep, cancel, step)  # type: ignore[no-any-return]
-                elif not await _readable(step.sock.fileno(), step.timeout, None):
-                    error = socket.timeout()  # thrown into the steps at their wait, as a blocking read would raise it
+                elif not await _ready(step.sock.fileno(), step.timeout, None, writable=step.writable):
+                    error = _timeout_error()  # thrown into the steps at their wait, as a blocking call would raise it
             except BaseException:  # cancelled while waiting here: no worker runs the steps now
                 steps.close()
                 raise
@@ -4568,7 +4625,7 @@ class AsyncStream(_Generic[_T]):
 
         self._waiter = asyncio.get_running_loop().create_future()
         try:
-            ready = await _readable(self.stream._fileno(), self._timeout, self._waiter)
+            ready = await _ready(self.stream._fileno(), self._timeout, self._waiter)
         finally:
             self._waiter = None
         if not ready:

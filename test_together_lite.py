@@ -5591,7 +5591,7 @@ def test_async_client_is_an_alias_and_mirrors_the_sync_options(aio_server: Serve
     assert (client.api_key, client.timeout, client.max_retries, client.max_workers) == ("k", 7.0, 2, 9)
     assert client.base_url == aio_server.url + "/"
     assert repr(client) == f"AsyncTogether(base_url={aio_server.url + '/'!r}, timeout=7.0, max_retries=2)"
-    assert tl.AsyncTogether(api_key="k", base_url=aio_server.url).max_workers == tl.DEFAULT_MAX_WORKERS == 512
+    assert tl.AsyncTogether(api_key="k", base_url=aio_server.url).max_workers == tl.DEFAULT_MAX_WORKERS == 8
 
 
 @pytest.mark.parametrize(
@@ -5837,11 +5837,11 @@ def test_the_executor_is_created_on_the_first_call_and_sized_by_max_workers(aio_
     aio_run(client.close())
 
 
-def test_the_default_executor_has_512_workers(aio_server: Server) -> None:
+def test_the_default_executor_has_8_workers(aio_server: Server) -> None:
     client = aio_make_client(aio_server)
     aio_run(chat(client))
     assert client._executor is not None
-    assert client._executor.max_workers == 512
+    assert client._executor.max_workers == 8
     aio_run(client.close())
 
 

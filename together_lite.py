@@ -162,8 +162,12 @@ DEFAULT_BASE_URL: Final = "https://api.together.xyz/v1"
 DEFAULT_TIMEOUT: Final = 600.0
 #: Retries after a failed attempt (the v1 SDK's).
 DEFAULT_MAX_RETRIES: Final = 5
-#: Threads an AsyncTogether may run at once; started only when needed.
-DEFAULT_MAX_WORKERS: Final = 512
+#: Threads an AsyncTogether may run at once; started only when needed. Few are needed: a call waiting
+#: for the network holds none, so these only send, read and parse (more only make them contend).
+DEFAULT_MAX_WORKERS: Final = 8
+#: The default where the event loop cannot watch sockets (Windows' proactor): each call then holds a
+#: thread while it waits, and this many can wait at once.
+_BLOCKING_MAX_WORKERS: Final = 512
 #: Seconds before the first retry; doubled on each one after.
 INITIAL_RETRY_DELAY: Final = 0.5
 #: The longest wait between retries, in seconds.
@@ -2116,20 +2120,34 @@ class _Connection:
         self.reader.close()
         self.sock.close()
 
-    def send(self, data: bytes, timeouts: _Timeouts) -> None:
-        """Send all of ``data``. The timeout bounds each wait for progress, not the whole upload.
+    def send(self, data: bytes, timeouts: _Timeouts) -> _Steps[None]:
+        """Send all of ``data``; the write timeout bounds each wait for progress, not the whole upload.
 
-        (``sendall`` would apply it to the whole upload, and a TLS socket applies it
-        to each call, so a large body goes in pieces.)
+        A request that fits in one piece goes out in one call. A larger one goes
+        in pieces, each wait for room to write a step (``sendall`` would apply the
+        timeout to the whole upload, and a TLS socket applies it to each call).
         """
         sock = self.sock
-        if timeouts.write != timeouts.read:
-            sock.settimeout(timeouts.write)
         size = len(data)
-        sent = sock.send(data if size <= _SEND_SIZE else memoryview(data)[:_SEND_SIZE])
-        while sent < size:
-            sent += sock.send(memoryview(data)[sent : sent + _SEND_SIZE])
-        if timeouts.write != timeouts.read:
+        sent = 0
+        if size <= _SEND_SIZE:
+            sent = sock.send(data)  # the usual case: the socket takes it all at once
+            if sent == size:
+                return
+        view = memoryview(data)
+        sock.setblocking(False)
+        try:
+            while sent < size:
+                # Only when the socket says it is writable, as a blocking send checks: filling the
+                # kernel's buffer to the brim would make the next wait one for a third of it to drain.
+                if not _poll(sock, True, 0.0):
+                    yield _Wait(sock, timeouts.write, writable=True)
+                try:
+                    sent += sock.send(view[sent : sent + _SEND_SIZE])
+                except OSError as exc:
+                    if not _would_block(exc):
+                        raise
+        finally:
             sock.settimeout(timeouts.read)
 
     def unread(self) -> int:
@@ -2175,7 +2193,7 @@ def _open_socket(address: tuple[str, int], timeout: float | None, cancel: _Cance
 
     host, port = address
     error: OSError | None = None
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+    for family, kind, proto, _, sockaddr in _addresses(host, port):
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
@@ -2198,6 +2216,32 @@ def _open_socket(address: tuple[str, int], timeout: float | None, cancel: _Cance
         if cancel is not None and cancel.cancelled:
             break
     raise error if error is not None else OSError(f"no address found for {host}")
+
+
+def _addresses(host: str, port: int) -> list[Any]:
+    """The addresses of host:port, looked up at most once every few seconds.
+
+    A burst of new connections to one host then makes one lookup, not one each
+    (aiohttp keeps them 10 s too).
+    """
+    import socket
+
+    now = time.monotonic()
+    cached = _looked_up.get((host, port))
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    addresses = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    if len(_looked_up) >= _LOOKUPS_KEPT:
+        _looked_up.clear()
+    _looked_up[(host, port)] = (now + _LOOKUP_SECONDS, addresses)
+    return addresses
+
+
+#: Seconds the addresses of a host are reused before it is looked up again.
+_LOOKUP_SECONDS: Final = 10.0
+#: How many hosts' addresses are kept at most.
+_LOOKUPS_KEPT: Final = 256
+_looked_up: dict[tuple[str, int], tuple[float, list[Any]]] = {}
 
 
 def _open_tunnel(
@@ -2982,7 +3026,10 @@ class _Transport:
             cancel.attach(connection)
         received = connection.raw.received
         try:
-            connection.send(request, timeouts)
+            yield from connection.send(request, timeouts)
+        except GeneratorExit:  # the steps were abandoned while waiting to write (a cancelled task)
+            connection.close()
+            raise
         except Exception as exc:
             early = self._early_response(connection, route, cancel) if isinstance(exc, _PEER_CLOSED) else None
             if early is not None:
@@ -4383,9 +4430,10 @@ class AsyncTogether:
     """The async client (alias ``AsyncClient``): the same options as Together, plus ``max_workers``.
 
     ``await client.chat.completions.create(...)``; with ``stream=True`` the
-    awaited result is an AsyncStream (``async for chunk in stream``). Calls run
-    on the client's own thread pool of up to ``max_workers`` threads (default
-    512), started as needed. Use ``async with`` or ``await client.close()``.
+    awaited result is an AsyncStream (``async for chunk in stream``). A call
+    waits for the network on the event loop and sends, reads and parses on the
+    client's own threads, up to ``max_workers`` of them (default 8; 512 where
+    the loop cannot watch sockets). Use ``async with`` or ``await client.close()``.
     """
 
     def __init__(
@@ -4415,7 +4463,8 @@ class AsyncTogether:
             ssl_context=ssl_context,
             http_client=http_client,
         )
-        self.max_workers = _as_int("max_workers", max_workers, 1) or DEFAULT_MAX_WORKERS
+        self._max_workers_given = _as_int("max_workers", max_workers, 1)
+        self.max_workers = self._max_workers_given or DEFAULT_MAX_WORKERS
         self._executor: _Workers | None = None
         self._executor_lock = threading.Lock()
         self._owns_executor = True
@@ -4518,6 +4567,11 @@ class AsyncTogether:
                 cancel.cancel()
             raise
 
+    def _wait_on_workers(self) -> None:
+        """The loop cannot watch sockets: calls wait on workers, so allow as many as may wait at once."""
+        if self._max_workers_given is None and self.max_workers < _BLOCKING_MAX_WORKERS:
+            self.max_workers = self._pool().max_workers = _BLOCKING_MAX_WORKERS
+
     async def _execute(self, call: _Call) -> Any:
         """Send a checked call (see ``_send``); a stream comes back as an AsyncStream."""
         response = await self._send(call, True)
@@ -4549,6 +4603,7 @@ class AsyncTogether:
                 if isinstance(step, _Pause):
                     await self._sleep(step.seconds)
                 elif not _loop_watches(step.sock.fileno()):
+                    self._wait_on_workers()
                     return await self._run(cancel, _run_steps, steps, self._sync._sleep, cancel, step)  # type: ignore[no-any-return]
                 elif not await _ready(step.sock.fileno(), step.timeout, None, writable=step.writable):
                     error = _timeout_error()  # thrown into the steps at their wait, as a blocking call would raise it
@@ -4608,6 +4663,7 @@ class AsyncStream(_Generic[_T]):
             if self._on_loop:
                 self.stream._http.set_nonblocking()
         if not self._on_loop:
+            self._client._wait_on_workers()
             return await self._client._run(None, self.stream._next_available)
         while True:
             try:

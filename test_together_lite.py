@@ -6014,6 +6014,35 @@ def test_closing_a_stream_wakes_a_read_waiting_in_another_task(aio_server: Serve
     aio_run(client.close())
 
 
+def test_an_async_upload_waits_for_room_to_write_on_the_event_loop(upload_server: Any) -> None:
+    server = upload_server(1 << 19, 0.025)
+
+    async def main() -> str:
+        async with tl.AsyncTogether(api_key="k", base_url=server.url, timeout=0.25, max_retries=0, max_workers=1) as client:
+            ticks = [0]
+            ticker = asyncio.ensure_future(aio_ticker(ticks))
+            result = await chat(client, messages=upload_video_message(12 << 20))
+            ticker.cancel()
+            assert ticks[0] > 3  # the loop went on while the upload waited
+            return str(result.choices[0].message.content)
+
+    assert aio_run(main()) == f"got {server.received}"
+
+
+def test_a_hosts_addresses_are_looked_up_once_for_a_burst_of_connections(server: Server) -> None:
+    tl._looked_up.clear()
+    client = tl.Together(api_key="k", base_url=server.url.replace("127.0.0.1", "localhost"), max_retries=0)
+    threads = [threading.Thread(target=chat, args=(client,)) for _ in range(4)]
+    with hard_audit() as seen:
+        chat(client)
+        client.close()  # the next calls need new connections
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+    assert [event for event, _ in seen].count("socket.getaddrinfo") == 1
+
+
 # -- Async: streaming ------------------------------------------------------------------
 
 

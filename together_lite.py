@@ -896,16 +896,12 @@ def _list_of(model: type[_Model]) -> Callable[[Any], Any]:
     return convert
 
 
-#: A field annotation that names what its JSON becomes: ``Usage``, ``list[ChatChoice] | None``, ``float``.
-_ANNOTATION: Final = re.compile(r"(list\[)?(\w+)(?: \| None)?\]?(?: \| None)?")
-
-
 def _converter_for(annotation: str) -> Callable[[Any], Any] | None:
     """How a field's JSON is built, read from its annotation: ``Usage``, ``list[ChatChoice] | None``, ``float``."""
-    match = _ANNOTATION.fullmatch(annotation)
-    if match is None:
-        return None
-    is_list, name = match.groups()
+    name = annotation.replace(" | None", "")
+    is_list = name.startswith("list[") and name.endswith("]")
+    if is_list:
+        name = name[5:-1]
     if name == "float":
         return _floats if is_list else _as_float
     model = globals().get(name)

@@ -643,6 +643,40 @@ _REASONS: Final[Mapping[type[BaseException], str]] = {
 }
 
 
+def _error_response(response: _Response, call: _Call) -> APIStatusError:
+    """The typed error for a non-2xx response, with its body read."""
+    try:
+        raw = response.read_error_body()
+    except APIConnectionError:
+        raw = b""
+    response.close()
+    public = response.public(call.request, raw)
+    if 300 <= response.status < 400:
+        return _redirect_error(response, public)
+    return _status_error(public)
+
+def _redirect_error(response: _Response, public: Response) -> APIStatusError:
+    """The error for a redirect that was not followed, saying why."""
+    location = response.headers.get("location", "")
+    if not location:
+        reason = "redirect without a Location, not followed"
+    elif response.status not in _REDIRECT_STATUSES:
+        reason = f"redirect to {location!r} not followed (only 307 and 308 keep the POST; nothing else is followed)"
+    elif _same_origin_path(response.origin, "/", location) is not None:
+        reason = f"redirect to {location!r} not followed: more than {_MAX_REDIRECTS} redirects"
+    else:
+        reason = f"redirect to {location!r} not followed (it leaves the base URL's origin, which must not get the key)"
+    return _error_class(response.status)(
+        f"Error code: {response.status} - {reason}", response=public, body=_parse_body(public.content)
+    )
+
+def _not_an_object(response: Response, payload: Any) -> APIError:
+    """The error for JSON that is valid but not the object a result or chunk must be."""
+    return JSONError(
+        f"The API sent JSON that is not an object but a {type(payload).__name__}.", response=response, body=payload
+    )
+
+
 # -- Result types -------------------------------------------------------------
 #
 # Built straight from the JSON without validation: a field the server adds later
@@ -2179,100 +2213,6 @@ class _Connection:
             return True
 
 
-def _open_socket(address: tuple[str, int], timeout: float | None, cancel: _Cancel | None) -> _Steps[socket.socket]:
-    """socket.create_connection, as steps: each address is tried with a non-blocking connect and a wait.
-
-    Each socket is watched by ``cancel`` before it connects.
-    """
-    import errno
-    import socket
-
-    host, port = address
-    error: OSError | None = None
-    for family, kind, proto, _, sockaddr in _addresses(host, port):
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            if cancel is not None:
-                cancel.watch(sock)
-            code = sock.connect_ex(sockaddr)
-            if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-                yield _Wait(sock, timeout, writable=True)
-                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                raise OSError(code, os.strerror(code))
-            sock.settimeout(timeout)
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-        except BaseException:
-            sock.close()
-            raise
-        if cancel is not None and cancel.cancelled:
-            break
-    raise error if error is not None else OSError(f"no address found for {host}")
-
-
-def _addresses(host: str, port: int) -> list[Any]:
-    """The addresses of host:port, looked up at most once every few seconds.
-
-    A burst of new connections to one host then makes one lookup, not one each
-    (aiohttp keeps them 10 s too).
-    """
-    import socket
-
-    now = time.monotonic()
-    cached = _looked_up.get((host, port))
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    addresses = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    if len(_looked_up) >= _LOOKUPS_KEPT:
-        _looked_up.clear()
-    _looked_up[(host, port)] = (now + _LOOKUP_SECONDS, addresses)
-    return addresses
-
-
-#: Seconds the addresses of a host are reused before it is looked up again.
-_LOOKUP_SECONDS: Final = 10.0
-#: How many hosts' addresses are kept at most.
-_LOOKUPS_KEPT: Final = 256
-_looked_up: dict[tuple[str, int], tuple[float, list[Any]]] = {}
-
-
-def _open_tunnel(
-    sock: socket.socket, host: str, port: int, proxy_headers: Mapping[str, str], timeout: float | None
-) -> _Steps[None]:
-    """Ask an HTTP proxy for a CONNECT tunnel to host:port over ``sock``."""
-    target = _host_port(host, port, 0)
-    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", *(f"{k}: {v}" for k, v in proxy_headers.items())]
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    yield _Wait(sock, timeout, polled=False)  # the read below waits by itself
-    reader = sock.makefile("rb", buffering=0)  # unbuffered: nothing of the TLS handshake may be read here
-    try:
-        _, status, reason, _ = _read_head(reader)
-    finally:
-        reader.close()
-    if status != 200:
-        raise _ProtocolError(f"the proxy refused the tunnel: {status} {reason}".rstrip(), retryable=status != 407)
-
-
-def _handshake(sock: ssl.SSLSocket, timeout: float | None) -> _Steps[None]:
-    """The TLS handshake, as steps: each wait for the server is a step."""
-    import ssl
-
-    sock.setblocking(False)
-    while True:
-        try:
-            sock.do_handshake()
-        except ssl.SSLWantReadError:
-            yield _Wait(sock, timeout)
-        except ssl.SSLWantWriteError:
-            yield _Wait(sock, timeout, writable=True)
-        else:
-            return
-
-
 def _read_head(reader: Any) -> tuple[str, int, str, dict[str, str]]:
     """The status line and headers of a response, past any interim 1xx responses."""
     while True:
@@ -2765,6 +2705,98 @@ class _Route:
         if self.proxy is None:
             return where
         return f"{where} through the proxy {_host_port(self.proxy.host, self.proxy.port, 0)}"
+
+
+def _open_socket(address: tuple[str, int], timeout: float | None, cancel: _Cancel | None) -> _Steps[socket.socket]:
+    """socket.create_connection, as steps: each address is tried with a non-blocking connect and a wait.
+
+    Each socket is watched by ``cancel`` before it connects.
+    """
+    import errno
+    import socket
+
+    host, port = address
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in _addresses(host, port):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            if cancel is not None:
+                cancel.watch(sock)
+            code = sock.connect_ex(sockaddr)
+            if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+                yield _Wait(sock, timeout, writable=True)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            sock.settimeout(timeout)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+        if cancel is not None and cancel.cancelled:
+            break
+    raise error if error is not None else OSError(f"no address found for {host}")
+
+def _addresses(host: str, port: int) -> list[Any]:
+    """The addresses of host:port, looked up at most once every few seconds.
+
+    A burst of new connections to one host then makes one lookup, not one each
+    (aiohttp keeps them 10 s too).
+    """
+    import socket
+
+    now = time.monotonic()
+    cached = _looked_up.get((host, port))
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    addresses = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    if len(_looked_up) >= _LOOKUPS_KEPT:
+        _looked_up.clear()
+    _looked_up[(host, port)] = (now + _LOOKUP_SECONDS, addresses)
+    return addresses
+
+#: Seconds the addresses of a host are reused before it is looked up again.
+_LOOKUP_SECONDS: Final = 10.0
+
+#: How many hosts' addresses are kept at most.
+_LOOKUPS_KEPT: Final = 256
+
+_looked_up: dict[tuple[str, int], tuple[float, list[Any]]] = {}
+
+def _open_tunnel(
+    sock: socket.socket, host: str, port: int, proxy_headers: Mapping[str, str], timeout: float | None
+) -> _Steps[None]:
+    """Ask an HTTP proxy for a CONNECT tunnel to host:port over ``sock``."""
+    target = _host_port(host, port, 0)
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", *(f"{k}: {v}" for k, v in proxy_headers.items())]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    yield _Wait(sock, timeout, polled=False)  # the read below waits by itself
+    reader = sock.makefile("rb", buffering=0)  # unbuffered: nothing of the TLS handshake may be read here
+    try:
+        _, status, reason, _ = _read_head(reader)
+    finally:
+        reader.close()
+    if status != 200:
+        raise _ProtocolError(f"the proxy refused the tunnel: {status} {reason}".rstrip(), retryable=status != 407)
+
+def _handshake(sock: ssl.SSLSocket, timeout: float | None) -> _Steps[None]:
+    """The TLS handshake, as steps: each wait for the server is a step."""
+    import ssl
+
+    sock.setblocking(False)
+    while True:
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            yield _Wait(sock, timeout)
+        except ssl.SSLWantWriteError:
+            yield _Wait(sock, timeout, writable=True)
+        else:
+            return
 
 
 class _ConnectionPool:
@@ -3659,35 +3691,6 @@ def _log_retry(reason: str, delay: float, retry: int, max_retries: int) -> None:
         logger.info("retrying in %.2fs (retry %d of %d) after %s", delay, retry, max_retries, reason)
 
 
-def _error_response(response: _Response, call: _Call) -> APIStatusError:
-    """The typed error for a non-2xx response, with its body read."""
-    try:
-        raw = response.read_error_body()
-    except APIConnectionError:
-        raw = b""
-    response.close()
-    public = response.public(call.request, raw)
-    if 300 <= response.status < 400:
-        return _redirect_error(response, public)
-    return _status_error(public)
-
-
-def _redirect_error(response: _Response, public: Response) -> APIStatusError:
-    """The error for a redirect that was not followed, saying why."""
-    location = response.headers.get("location", "")
-    if not location:
-        reason = "redirect without a Location, not followed"
-    elif response.status not in _REDIRECT_STATUSES:
-        reason = f"redirect to {location!r} not followed (only 307 and 308 keep the POST; nothing else is followed)"
-    elif _same_origin_path(response.origin, "/", location) is not None:
-        reason = f"redirect to {location!r} not followed: more than {_MAX_REDIRECTS} redirects"
-    else:
-        reason = f"redirect to {location!r} not followed (it leaves the base URL's origin, which must not get the key)"
-    return _error_class(response.status)(
-        f"Error code: {response.status} - {reason}", response=public, body=_parse_body(public.content)
-    )
-
-
 def _json_result(response: _Response, call: _Call) -> Any:
     """The decoded JSON of a successful response."""
     raw = response.read()
@@ -3706,13 +3709,6 @@ def _json_result(response: _Response, call: _Call) -> Any:
     if type(payload) is not dict:
         raise _not_an_object(response.public(call.request, raw), payload)
     return payload
-
-
-def _not_an_object(response: Response, payload: Any) -> APIError:
-    """The error for JSON that is valid but not the object a result or chunk must be."""
-    return JSONError(
-        f"The API sent JSON that is not an object but a {type(payload).__name__}.", response=response, body=payload
-    )
 
 
 # -- Clients: raw responses ---------------------------------------------------
@@ -4237,7 +4233,6 @@ class Completions(_Resource):
 # the event loop's default executor has a handful of workers and would turn a
 # few hundred concurrent calls into waves. Arguments are checked on the event
 # loop, before anything is handed to a thread.
-
 
 
 class _Workers:

@@ -19,6 +19,7 @@ Streaming (``stream=True``), ``AsyncTogether``, tools, JSON mode, logprobs,
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import io
 import json
@@ -64,9 +65,6 @@ if TYPE_CHECKING:
 
     _T = TypeVar("_T")
 else:
-
-    def overload(function):  # the typed variants above an implementation are for type checkers only
-        return function
 
     class _Subscriptable:
         """A class that takes ``Stream[ChatCompletionChunk]`` at run time, as a generic does."""
@@ -599,7 +597,9 @@ class _ProtocolError(Exception):
         self.retryable = retryable
 
 
-def _connection_error(exc: BaseException, doing: str, where: object, request: Request | None = None) -> APIConnectionError:
+def _connection_error(
+    exc: BaseException, doing: str, where: object, request: Request | None = None
+) -> APIConnectionError:
     """Translate a socket, TLS or HTTP-parsing failure into a together_lite error naming ``where`` (host:port).
 
     The one place such failures become the module's errors; ``request`` is attached when known.
@@ -655,6 +655,7 @@ def _error_response(response: _Response, call: _Call) -> APIStatusError:
         return _redirect_error(response, public)
     return _status_error(public)
 
+
 def _redirect_error(response: _Response, public: Response) -> APIStatusError:
     """The error for a redirect that was not followed, saying why."""
     location = response.headers.get("location", "")
@@ -669,6 +670,7 @@ def _redirect_error(response: _Response, public: Response) -> APIStatusError:
     return _error_class(response.status)(
         f"Error code: {response.status} - {reason}", response=public, body=_parse_body(public.content)
     )
+
 
 def _not_an_object(response: Response, payload: Any) -> APIError:
     """The error for JSON that is valid but not the object a result or chunk must be."""
@@ -1905,7 +1907,9 @@ def _new_ssl_context(variables: tuple[str | None, ...]) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=bundle)
     except (OSError, ValueError) as exc:
         detail = getattr(exc, "strerror", None) or str(exc)
-        raise APIConnectionError(f"The CA bundle {name}={bundle!r} cannot be loaded: {detail}.", retryable=False) from None
+        raise APIConnectionError(
+            f"The CA bundle {name}={bundle!r} cannot be loaded: {detail}.", retryable=False
+        ) from None
 
 
 if TYPE_CHECKING:
@@ -2741,6 +2745,7 @@ def _open_socket(address: tuple[str, int], timeout: float | None, cancel: _Cance
             break
     raise error if error is not None else OSError(f"no address found for {host}")
 
+
 def _addresses(host: str, port: int) -> list[Any]:
     """The addresses of host:port, looked up at most once every few seconds.
 
@@ -2759,6 +2764,7 @@ def _addresses(host: str, port: int) -> list[Any]:
     _looked_up[(host, port)] = (now + _LOOKUP_SECONDS, addresses)
     return addresses
 
+
 #: Seconds the addresses of a host are reused before it is looked up again.
 _LOOKUP_SECONDS: Final = 10.0
 
@@ -2766,6 +2772,7 @@ _LOOKUP_SECONDS: Final = 10.0
 _LOOKUPS_KEPT: Final = 256
 
 _looked_up: dict[tuple[str, int], tuple[float, list[Any]]] = {}
+
 
 def _open_tunnel(
     sock: socket.socket, host: str, port: int, proxy_headers: Mapping[str, str], timeout: float | None
@@ -2782,6 +2789,7 @@ def _open_tunnel(
         reader.close()
     if status != 200:
         raise _ProtocolError(f"the proxy refused the tunnel: {status} {reason}".rstrip(), retryable=status != 407)
+
 
 def _handshake(sock: ssl.SSLSocket, timeout: float | None) -> _Steps[None]:
     """The TLS handshake, as steps: each wait for the server is a step."""
@@ -2881,9 +2889,7 @@ class _ConnectionPool:
         return _Connection(sock)
 
 
-def _close_idle_connections(
-    idle: dict[_Origin, list[tuple[_Connection, float]]], lock: threading.Lock
-) -> None:
+def _close_idle_connections(idle: dict[_Origin, list[tuple[_Connection, float]]], lock: threading.Lock) -> None:
     with lock:
         connections = [connection for kept in idle.values() for connection, _ in kept]
         idle.clear()
@@ -2904,7 +2910,9 @@ class _Wait:
 
     __slots__ = ("polled", "sock", "timeout", "writable")
 
-    def __init__(self, sock: socket.socket, timeout: float | None, *, writable: bool = False, polled: bool = True) -> None:
+    def __init__(
+        self, sock: socket.socket, timeout: float | None, *, writable: bool = False, polled: bool = True
+    ) -> None:
         self.sock = sock
         self.timeout = timeout
         self.writable = writable
@@ -3005,7 +3013,9 @@ class _Transport:
                 return response
             response.release()
             path = target
-        return (yield from self._send_once(origin, path, headers, body, timeouts, cancel))  # its redirect is not followed
+        return (
+            yield from self._send_once(origin, path, headers, body, timeouts, cancel)
+        )  # its redirect is not followed
 
     def _send_once(
         self,
@@ -4047,18 +4057,21 @@ class ChatCompletions(_Resource):
     _result = ChatCompletionResponse
     _chunk = ChatCompletionChunk
 
-    @overload
-    def create(
-        self, *, messages: _Messages, model: str, stream: Literal[False] = False, **params: Unpack[_ChatParams]
-    ) -> ChatCompletionResponse: ...
-    @overload
-    def create(
-        self, *, messages: _Messages, model: str, stream: Literal[True], **params: Unpack[_ChatParams]
-    ) -> Stream[ChatCompletionChunk]: ...
-    @overload
-    def create(
-        self, *, messages: _Messages, model: str, stream: bool, **params: Unpack[_ChatParams]
-    ) -> ChatCompletionResponse | Stream[ChatCompletionChunk]: ...
+    if TYPE_CHECKING:
+
+        @overload
+        def create(
+            self, *, messages: _Messages, model: str, stream: Literal[False] = False, **params: Unpack[_ChatParams]
+        ) -> ChatCompletionResponse: ...
+        @overload
+        def create(
+            self, *, messages: _Messages, model: str, stream: Literal[True], **params: Unpack[_ChatParams]
+        ) -> Stream[ChatCompletionChunk]: ...
+        @overload
+        def create(
+            self, *, messages: _Messages, model: str, stream: bool, **params: Unpack[_ChatParams]
+        ) -> ChatCompletionResponse | Stream[ChatCompletionChunk]: ...
+
     def create(
         self,
         *,
@@ -4162,18 +4175,21 @@ class Completions(_Resource):
     _result = CompletionResponse
     _chunk = CompletionChunk
 
-    @overload
-    def create(
-        self, *, model: str, prompt: str, stream: Literal[False] = False, **params: Unpack[_CompletionParams]
-    ) -> CompletionResponse: ...
-    @overload
-    def create(
-        self, *, model: str, prompt: str, stream: Literal[True], **params: Unpack[_CompletionParams]
-    ) -> Stream[CompletionChunk]: ...
-    @overload
-    def create(
-        self, *, model: str, prompt: str, stream: bool, **params: Unpack[_CompletionParams]
-    ) -> CompletionResponse | Stream[CompletionChunk]: ...
+    if TYPE_CHECKING:
+
+        @overload
+        def create(
+            self, *, model: str, prompt: str, stream: Literal[False] = False, **params: Unpack[_CompletionParams]
+        ) -> CompletionResponse: ...
+        @overload
+        def create(
+            self, *, model: str, prompt: str, stream: Literal[True], **params: Unpack[_CompletionParams]
+        ) -> Stream[CompletionChunk]: ...
+        @overload
+        def create(
+            self, *, model: str, prompt: str, stream: bool, **params: Unpack[_CompletionParams]
+        ) -> CompletionResponse | Stream[CompletionChunk]: ...
+
     def create(
         self,
         *,
@@ -4323,7 +4339,13 @@ class _Workers:
         return self._threads
 
 
-def _run_for(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], context: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _run_for(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    context: Any,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+) -> None:
     """In a worker: run ``function`` in ``context`` and hand its outcome to ``future`` on its loop."""
     try:
         result = context.run(function, *args)
@@ -4333,7 +4355,9 @@ def _run_for(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], conte
         _deliver(loop, future, _set_result, result)
 
 
-def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], setter: Callable[[Any, Any], None], value: Any) -> None:
+def _deliver(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], setter: Callable[[Any, Any], None], value: Any
+) -> None:
     try:
         loop.call_soon_threadsafe(setter, future, value)
     except RuntimeError:  # the loop is closed: nobody will take the result
@@ -4871,18 +4895,21 @@ class AsyncChatCompletions(_AsyncResource):
     def __init__(self, client: AsyncTogether) -> None:
         super().__init__(client, client._sync.chat.completions)
 
-    @overload
-    async def create(
-        self, *, messages: _Messages, model: str, stream: Literal[False] = False, **params: Unpack[_ChatParams]
-    ) -> ChatCompletionResponse: ...
-    @overload
-    async def create(
-        self, *, messages: _Messages, model: str, stream: Literal[True], **params: Unpack[_ChatParams]
-    ) -> AsyncStream[ChatCompletionChunk]: ...
-    @overload
-    async def create(
-        self, *, messages: _Messages, model: str, stream: bool, **params: Unpack[_ChatParams]
-    ) -> ChatCompletionResponse | AsyncStream[ChatCompletionChunk]: ...
+    if TYPE_CHECKING:
+
+        @overload
+        async def create(
+            self, *, messages: _Messages, model: str, stream: Literal[False] = False, **params: Unpack[_ChatParams]
+        ) -> ChatCompletionResponse: ...
+        @overload
+        async def create(
+            self, *, messages: _Messages, model: str, stream: Literal[True], **params: Unpack[_ChatParams]
+        ) -> AsyncStream[ChatCompletionChunk]: ...
+        @overload
+        async def create(
+            self, *, messages: _Messages, model: str, stream: bool, **params: Unpack[_ChatParams]
+        ) -> ChatCompletionResponse | AsyncStream[ChatCompletionChunk]: ...
+
     async def create(
         self,
         *,
@@ -4948,18 +4975,21 @@ class AsyncCompletions(_AsyncResource):
     def __init__(self, client: AsyncTogether) -> None:
         super().__init__(client, client._sync.completions)
 
-    @overload
-    async def create(
-        self, *, model: str, prompt: str, stream: Literal[False] = False, **params: Unpack[_CompletionParams]
-    ) -> CompletionResponse: ...
-    @overload
-    async def create(
-        self, *, model: str, prompt: str, stream: Literal[True], **params: Unpack[_CompletionParams]
-    ) -> AsyncStream[CompletionChunk]: ...
-    @overload
-    async def create(
-        self, *, model: str, prompt: str, stream: bool, **params: Unpack[_CompletionParams]
-    ) -> CompletionResponse | AsyncStream[CompletionChunk]: ...
+    if TYPE_CHECKING:
+
+        @overload
+        async def create(
+            self, *, model: str, prompt: str, stream: Literal[False] = False, **params: Unpack[_CompletionParams]
+        ) -> CompletionResponse: ...
+        @overload
+        async def create(
+            self, *, model: str, prompt: str, stream: Literal[True], **params: Unpack[_CompletionParams]
+        ) -> AsyncStream[CompletionChunk]: ...
+        @overload
+        async def create(
+            self, *, model: str, prompt: str, stream: bool, **params: Unpack[_CompletionParams]
+        ) -> CompletionResponse | AsyncStream[CompletionChunk]: ...
+
     async def create(
         self,
         *,
@@ -5064,7 +5094,7 @@ def image_part(
 ) -> dict[str, Any]:
     """An ``image_url`` content part from a URL, a local file or bytes::
 
-        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part("cat.png")]}
+    {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part("cat.png")]}
     """
     image_url: dict[str, Any] = {"url": _url_of(source, mime_type)}
     if detail is not None:
@@ -5239,7 +5269,9 @@ class _CliTimer:
         usage = self.usage
         tokens_in = getattr(usage, "prompt_tokens", None)
         tokens_out = getattr(usage, "completion_tokens", None)
-        parts = [f"{'?' if tokens_in is None else tokens_in} tokens in, {'?' if tokens_out is None else tokens_out} out"]
+        parts = [
+            f"{'?' if tokens_in is None else tokens_in} tokens in, {'?' if tokens_out is None else tokens_out} out"
+        ]
         parts.append(f"first token after {first - self.started:.2f} s")
         if tokens_out and ended > first:
             parts.append(f"{tokens_out / (ended - first):.1f} tokens/s")
@@ -5296,10 +5328,8 @@ def _cli_piece(command: str, chunk: Any) -> str | None:
 
 def _cli_conversation(client: Together, args: argparse.Namespace, request: dict[str, Any]) -> None:
     """``together-lite chat`` on a terminal: a conversation, its history sent with each turn."""
-    try:
-        import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
-    except ImportError:  # pragma: no cover (Windows)
-        pass
+    with contextlib.suppress(ImportError):  # Windows has none
+        import readline  # noqa: F401  (line editing and history for input())
     system = [{"role": "system", "content": args.system}] if args.system else []
     history = list(system)
     sys.stderr.write(
@@ -5341,7 +5371,7 @@ def _cli_error_line(exc: TogetherException) -> str:
     message = exc.message
     if isinstance(exc, APIStatusError) and exc.status_code is not None:
         prefix = f"Error code: {exc.status_code} - "
-        message = f"{exc.status_code} {message[len(prefix):] if message.startswith(prefix) else message}"
+        message = f"{exc.status_code} {message[len(prefix) :] if message.startswith(prefix) else message}"
     return "error: " + " ".join(message.split())  # one line, whatever the server's message holds
 
 

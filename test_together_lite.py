@@ -54,7 +54,6 @@ import pytest
 
 import together_lite as tl
 
-
 # -- Fixtures and helpers -----------------------------------------------------
 
 
@@ -756,7 +755,7 @@ def make_cert(folder: Any, names: str = "DNS:localhost,IP:127.0.0.1") -> tuple[s
         "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
         "-subj", "/CN=localhost", "-addext", f"subjectAltName={names}", "-keyout", key, "-out", cert,
     ]  # fmt: skip
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    result = subprocess.run(command, capture_output=True)
     if result.returncode != 0:
         pytest.skip(f"openssl could not make a certificate: {result.stderr.decode(errors='replace')}")
     return cert, key
@@ -805,7 +804,16 @@ def refused_port() -> Iterator[int]:
 
 
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 
 
@@ -1334,7 +1342,9 @@ def idle_connections(client: Any) -> list[Any]:
         return [connection for idle in pool._idle.values() for connection, _ in idle]
 
 
-def set_pool_limits(monkeypatch: pytest.MonkeyPatch, *, maxsize: int | None = None, idle_seconds: float | None = None) -> None:
+def set_pool_limits(
+    monkeypatch: pytest.MonkeyPatch, *, maxsize: int | None = None, idle_seconds: float | None = None
+) -> None:
     """Shrink the connection pool: how many idle connections it keeps, and for how long."""
     if maxsize is not None:
         monkeypatch.setattr(tl, "_POOL_MAXSIZE", maxsize)
@@ -1399,7 +1409,9 @@ def next_available(stream: Any) -> Any:
     return stream._next_available()
 
 
-def wrap_chunk_parse(monkeypatch: pytest.MonkeyPatch, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+def wrap_chunk_parse(
+    monkeypatch: pytest.MonkeyPatch, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
     """Make the chat streams opened from now on parse each event with ``wrapper(original)``."""
     parse = wrapper(tl.ChatCompletionChunk._parse)
 
@@ -1557,12 +1569,15 @@ def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
 
 
 def video_message(size: int) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + "A" * size}}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + "A" * size}}],
+        }
+    ]
 
 
-def feed_all(
-    pieces: Iterator[bytes] | list[bytes], decoder: tl._SSEDecoder | None = None
-) -> list[tl.ServerSentEvent]:
+def feed_all(pieces: Iterator[bytes] | list[bytes], decoder: tl._SSEDecoder | None = None) -> list[tl.ServerSentEvent]:
     """Feed every piece to one decoder; all the events they completed, in order."""
     decoder = decoder if decoder is not None else tl._SSEDecoder()
     events: list[tl.ServerSentEvent] = []
@@ -1719,9 +1734,8 @@ def run_cli(
         env=cli_env(server) if env is None else env,
         input=input,
         stdin=stdin,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=20,
     )
     check_cli_output(result.stdout, result.stderr)
@@ -1810,7 +1824,12 @@ class Terminal:
         self.controller, terminal = os.openpty()
         command = [sys.executable, "-c", self.WRAPPER, sys.executable, "together_lite.py", "chat", *args]
         self.process = subprocess.Popen(
-            command, cwd=module_directory(), env=cli_env(server, TERM="dumb"), stdin=terminal, stdout=terminal, stderr=terminal
+            command,
+            cwd=module_directory(),
+            env=cli_env(server, TERM="dumb"),
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
         )
         os.close(terminal)
         self.seen = b""
@@ -1867,7 +1886,7 @@ def logger_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def decoded_data_url(url: str, mime_type: str) -> bytes:
     prefix = f"data:{mime_type};base64,"
     assert url.startswith(prefix)
-    return base64.b64decode(url[len(prefix):], validate=True)
+    return base64.b64decode(url[len(prefix) :], validate=True)
 
 
 # -- Fixtures: data of the errors tests ---------------------------------------
@@ -1955,7 +1974,9 @@ CHAT_PARAMS = [
     ("tool_choice", "auto"),
 ]
 
-COMPLETION_PARAMS = [(name, value) for name, value in CHAT_PARAMS if name not in ("response_format", "tools", "tool_choice")]
+COMPLETION_PARAMS = [
+    (name, value) for name, value in CHAT_PARAMS if name not in ("response_format", "tools", "tool_choice")
+]
 
 RICH_MESSAGES = [
     {"role": "developer", "content": "Be terse."},
@@ -1975,7 +1996,11 @@ RICH_MESSAGES = [
         "role": "assistant",
         "content": None,
         "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"location":"Tokyo"}'}}
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"location":"Tokyo"}'},
+            }
         ],
     },
     {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": '{"temp": 20}'},
@@ -2192,9 +2217,34 @@ SSE_RECORDED_EVENTS = [
 ]
 
 SOUP = [
-    b"data:", b"data: ", b"data", b"event:", b"event: error", b"id:", b"id: \x00", b"retry:", b"retry: 12", b":",
-    b" ", b"\r", b"\n", b"\r\n", b"\n\n", b"\xef\xbb\xbf", b"\xff", b"\xe6\x97", b"\xe6\x97\xa5", b"x", b"{}",
-    b"[DONE]", b"\x00", b"null", b'{"choices": [{"finish_reason": "stop"}]}', b'{"error": "e"}', b"{", b'"',
+    b"data:",
+    b"data: ",
+    b"data",
+    b"event:",
+    b"event: error",
+    b"id:",
+    b"id: \x00",
+    b"retry:",
+    b"retry: 12",
+    b":",
+    b" ",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\n\n",
+    b"\xef\xbb\xbf",
+    b"\xff",
+    b"\xe6\x97",
+    b"\xe6\x97\xa5",
+    b"x",
+    b"{}",
+    b"[DONE]",
+    b"\x00",
+    b"null",
+    b'{"choices": [{"finish_reason": "stop"}]}',
+    b'{"error": "e"}',
+    b"{",
+    b'"',
 ]
 
 
@@ -2206,7 +2256,8 @@ DROPS = [
     pytest.param(STREAM_HEAD + chunked(data_event(chunk("Hel")), b'data: {"choices"'), id="inside-an-event"),
     pytest.param(STREAM_HEAD + chunked(data_event(chunk("Hel"))) + b"8", id="inside-a-chunk-size"),
     pytest.param(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 5000\r\n\r\n" + data_event(chunk("Hel")),
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 5000\r\n\r\n"
+        + data_event(chunk("Hel")),
         id="short-content-length",
     ),
     pytest.param(
@@ -2272,7 +2323,7 @@ ABANDONS = [
 BROKEN_RESPONSES = [
     pytest.param(hang_up, id="hang-up"),
     pytest.param(raw_reply(b"NOT HTTP AT ALL\r\n\r\n"), id="bad-status-line"),
-    pytest.param(raw_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"id"), id="truncated-body"),
+    pytest.param(raw_reply(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"id'), id="truncated-body"),
     pytest.param(
         Reply(200, chunks=[b'{"id": "chat-1", ', b'"choices": []}'], pause=0.5, content_type="application/json"),
         id="body-stalls-past-timeout",
@@ -2321,7 +2372,7 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 SEED_SETUP = "from together import Together\n\nclient = Together()\n"
 
-SEED_000_SIMPLE = '''
+SEED_000_SIMPLE = """
 from together import Together
 
 client = Together()
@@ -2337,9 +2388,9 @@ response = client.chat.completions.create(
 )
 
 print(response.choices[0].message.content)
-'''
+"""
 
-SEED_000_IMAGE = '''
+SEED_000_IMAGE = """
 response = client.chat.completions.create(
     model="meta-llama/Llama-3.2-11B-Vision-Instruct-Turbo",
     messages=[{
@@ -2361,9 +2412,9 @@ response = client.chat.completions.create(
 )
 
 print(response.choices[0].message.content)
-'''
+"""
 
-SEED_000_VIDEO = '''
+SEED_000_VIDEO = """
 response = client.chat.completions.create(
     model="Qwen/Qwen2.5-VL-72B-Instruct",
     messages=[{
@@ -2385,9 +2436,9 @@ response = client.chat.completions.create(
 )
 
 print(response.choices[0].message.content)
-'''
+"""
 
-SEED_000_LOGPROBS = '''
+SEED_000_LOGPROBS = """
 response = client.chat.completions.create(
     model="meta-llama/Llama-3.2-3B-Instruct-Turbo",
     messages=[{"role": "user", "content": "The capital of France is"}],
@@ -2398,9 +2449,9 @@ response = client.chat.completions.create(
 logprobs_data = response.choices[0].logprobs
 for token, logprob in zip(logprobs_data.tokens, logprobs_data.token_logprobs):
     print(f"Token: '{token}', Log Probability: {logprob}")
-'''
+"""
 
-SEED_001_BASIC = '''
+SEED_001_BASIC = """
 from together import Together
 
 client = Together()
@@ -2417,9 +2468,9 @@ response = client.chat.completions.create(
 )
 
 print(response.choices[0].message.content)
-'''
+"""
 
-SEED_001_JSON = '''
+SEED_001_JSON = """
 from together import Together
 
 client = Together()
@@ -2434,9 +2485,9 @@ response = client.chat.completions.create(
 )
 
 print(response.choices[0].message.content)
-'''
+"""
 
-SEED_001_TOOLS = '''
+SEED_001_TOOLS = """
 from together import Together
 
 client = Together()
@@ -2471,9 +2522,9 @@ if choice.finish_reason == "tool_calls":
     for tool_call in choice.message.tool_calls:
         print(f"Function: {tool_call.function.name}")
         print(f"Arguments: {tool_call.function.arguments}")
-'''
+"""
 
-SEED_002_SINGLE = '''
+SEED_002_SINGLE = """
 import os
 from together import Together
 
@@ -2485,9 +2536,9 @@ response = client.chat.completions.create(
 )
 
 print(response.choices[0].message.content)
-'''
+"""
 
-SEED_002_HISTORY = '''
+SEED_002_HISTORY = """
 import os
 from together import Together
 
@@ -2503,9 +2554,9 @@ response = client.chat.completions.create(
 )
 
 print(response.choices[0].message.content)
-'''
+"""
 
-SEED_002_SYSTEM = '''
+SEED_002_SYSTEM = """
 import os
 from together import Together
 
@@ -2520,9 +2571,9 @@ response = client.chat.completions.create(
 )
 
 print(response.choices[0].message.content)
-'''
+"""
 
-SEED_003_CODE = '''
+SEED_003_CODE = """
 from together import Together
 
 client = Together()
@@ -2536,9 +2587,9 @@ response = client.completions.create(
 )
 
 print(response.choices[0].text)
-'''
+"""
 
-SEED_003_CREATIVE = '''
+SEED_003_CREATIVE = """
 response = client.completions.create(
     model="meta-llama/Llama-3.2-3B-Instruct-Turbo",
     prompt="Once upon a time in a magical forest,",
@@ -2548,9 +2599,9 @@ response = client.completions.create(
 )
 
 print(response.choices[0].text)
-'''
+"""
 
-SEED_003_MULTIPLE = '''
+SEED_003_MULTIPLE = """
 response = client.completions.create(
     model="meta-llama/Llama-3.2-3B-Instruct-Turbo",
     prompt="The benefits of renewable energy include:",
@@ -2561,9 +2612,9 @@ response = client.completions.create(
 
 for i, choice in enumerate(response.choices):
     print(f"Completion {i+1}: {choice.text}")
-'''
+"""
 
-SEED_003_ADVANCED = '''
+SEED_003_ADVANCED = """
 response = client.completions.create(
     model="meta-llama/Llama-3.2-3B-Instruct-Turbo",
     prompt="Artificial intelligence will",
@@ -2588,7 +2639,7 @@ if response.choices[0].logprobs:
         response.choices[0].logprobs.token_logprobs
     ):
         print(f"  '{token}': {logprob}")
-'''
+"""
 
 
 def seed_logprobs_response() -> dict[str, Any]:
@@ -2713,7 +2764,9 @@ def run_seed(code: str, needs_client: bool, capsys: pytest.CaptureFixture) -> st
     return capsys.readouterr().out
 
 
-SEED_STREAM_000_CHAT = SEED_SETUP + """
+SEED_STREAM_000_CHAT = (
+    SEED_SETUP
+    + """
 stream = client.chat.completions.create(
 model="meta-llama/Llama-3.2-3B-Instruct-Turbo",
 messages=[{"role": "user", "content": "Write a short story about AI"}],
@@ -2725,6 +2778,7 @@ for chunk in stream:
     if chunk.choices[0].delta.content:
         print(chunk.choices[0].delta.content, end="", flush=True)
 """
+)
 
 SEED_STREAM_001_CHAT = """
 from together import Together
@@ -2759,7 +2813,9 @@ for chunk in stream:
   print(chunk.choices[0].delta.content or "", end="", flush=True)
 """
 
-SEED_STREAM_003_COMPLETIONS = SEED_SETUP + """
+SEED_STREAM_003_COMPLETIONS = (
+    SEED_SETUP
+    + """
 stream = client.completions.create(
 model="codellama/CodeLlama-34b-Python-hf",
 prompt="# Python function to calculate prime numbers\\ndef is_prime(n):",
@@ -2772,6 +2828,7 @@ for chunk in stream:
     if chunk.choices[0].text:
         print(chunk.choices[0].text, end="", flush=True)
 """
+)
 
 # Together's chunk shape (seed 002's sample), the last one with finish_reason and usage.
 SEED_CHAT_STREAM = sse(
@@ -2832,7 +2889,7 @@ class ParsedPerson:
         return cls(data["name"], data.get("age"))
 
 
-TYPED_PROGRAM = '''
+TYPED_PROGRAM = """
 import asyncio
 
 from together_lite import AsyncTogether, Together
@@ -2875,9 +2932,9 @@ async def main() -> None:
 
 
 asyncio.run(main())
-'''
+"""
 
-MISSPELT_PROGRAM = '''
+MISSPELT_PROGRAM = """
 from together_lite import AsyncTogether, Together
 
 
@@ -2887,7 +2944,7 @@ def sync_call() -> None:
 
 async def async_call() -> None:
     await AsyncTogether().completions.create(model="m", prompt="p", max_token=5)
-'''
+"""
 
 
 def run_mypy(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, program: str) -> tuple[str, int]:
@@ -2900,7 +2957,7 @@ def run_mypy(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, program: s
 
 # -- Fixtures: data of the async tests ----------------------------------------
 
-ASYNC_SEED_CHAT_PROCESSING = '''
+ASYNC_SEED_CHAT_PROCESSING = """
 import asyncio
 from together import AsyncTogether
 
@@ -2928,9 +2985,9 @@ async def process_chats():
         print(f"Response {i+1}: {response.choices[0].message.content}")
 
 asyncio.run(process_chats())
-'''
+"""
 
-ASYNC_SEED_CHAT_COMPLETION = '''
+ASYNC_SEED_CHAT_COMPLETION = """
 import asyncio
 from together import AsyncTogether
 
@@ -2945,9 +3002,9 @@ async def main():
     print(response.choices[0].message.content)
 
 asyncio.run(main())
-'''
+"""
 
-ASYNC_SEED_NOTE_ON_ASYNC = '''
+ASYNC_SEED_NOTE_ON_ASYNC = """
 import os, asyncio
 from together import AsyncTogether
 
@@ -2972,9 +3029,9 @@ async def async_chat_completion(messages):
         print(response.choices[0].message.content)
 
 asyncio.run(async_chat_completion(messages))
-'''
+"""
 
-ASYNC_SEED_BATCH_PROCESSING = '''
+ASYNC_SEED_BATCH_PROCESSING = """
 import asyncio
 from together import AsyncTogether
 
@@ -3003,7 +3060,7 @@ async def process_completions():
         print(f"Response {i+1}: {response.choices[0].text}")
 
 asyncio.run(process_completions())
-'''
+"""
 
 
 def chat_body(model: str, content: str, **extra: Any) -> dict[str, Any]:
@@ -3293,8 +3350,12 @@ def test_error_without_request_headers_has_no_request_id(server: Server, client:
 @pytest.mark.parametrize(
     "status, body, content_type, expected",
     [
-        pytest.param(400, b'{"error": "just a string"}', "application/json", "Error code: 400 - just a string", id="error-string"),
-        pytest.param(400, b'{"message": "flat message"}', "application/json", "Error code: 400 - flat message", id="flat-message"),
+        pytest.param(
+            400, b'{"error": "just a string"}', "application/json", "Error code: 400 - just a string", id="error-string"
+        ),
+        pytest.param(
+            400, b'{"message": "flat message"}', "application/json", "Error code: 400 - flat message", id="flat-message"
+        ),
         pytest.param(
             400,
             b'{"status": "failure", "message": "together-ai error: outer", "error": {"message": "inner"}}',
@@ -3302,7 +3363,9 @@ def test_error_without_request_headers_has_no_request_id(server: Server, client:
             "Error code: 400 - inner",
             id="nested-and-flat",
         ),
-        pytest.param(422, b'{"detail": "Field required"}', "application/json", "Error code: 422 - Field required", id="detail"),
+        pytest.param(
+            422, b'{"detail": "Field required"}', "application/json", "Error code: 422 - Field required", id="detail"
+        ),
         pytest.param(
             422,
             b'{"detail": [{"loc": ["body", "model"], "msg": "Field required", "type": "missing"}]}',
@@ -3310,14 +3373,26 @@ def test_error_without_request_headers_has_no_request_id(server: Server, client:
             "Error code: 422 - Field required",
             id="validation-list",
         ),
-        pytest.param(400, b'{"error": {"code": 400}}', "application/json", "Error code: 400 - Bad Request", id="int-code"),
-        pytest.param(500, b'{"error": {}}', "application/json", "Error code: 500 - Internal Server Error", id="empty-object"),
-        pytest.param(400, b'[1, 2]', "application/json", "Error code: 400 - Bad Request", id="json-list"),
-        pytest.param(413, b"Request Entity Too Large\n", "text/plain", "Error code: 413 - Request Entity Too Large", id="text-plain"),
+        pytest.param(
+            400, b'{"error": {"code": 400}}', "application/json", "Error code: 400 - Bad Request", id="int-code"
+        ),
+        pytest.param(
+            500, b'{"error": {}}', "application/json", "Error code: 500 - Internal Server Error", id="empty-object"
+        ),
+        pytest.param(400, b"[1, 2]", "application/json", "Error code: 400 - Bad Request", id="json-list"),
+        pytest.param(
+            413,
+            b"Request Entity Too Large\n",
+            "text/plain",
+            "Error code: 413 - Request Entity Too Large",
+            id="text-plain",
+        ),
         pytest.param(502, HTML_502, "text/html", "Error code: 502 - 502 Bad Gateway", id="html-title"),
         pytest.param(500, b"", None, "Error code: 500 - Internal Server Error", id="empty-body"),
         pytest.param(503, b"   \n", "text/plain", "Error code: 503 - Service Unavailable", id="blank-body"),
-        pytest.param(400, b'{"error": null, "message": "top"}', "application/json", "Error code: 400 - top", id="error-null"),
+        pytest.param(
+            400, b'{"error": null, "message": "top"}', "application/json", "Error code: 400 - top", id="error-null"
+        ),
         pytest.param(
             400,
             b'{"error": {"message": "max_tokens must be < 4096 and > 0; stop \'</s>\' or <|eot_id|>"}}',
@@ -3380,9 +3455,7 @@ def test_error_object_with_integer_code_gives_a_clean_message(server: Server, cl
 @pytest.mark.parametrize(
     "error",
     [
-        status_error(
-            tl.Response(404, {"x-request-id": "r1"}, content=json.dumps(MODEL_NOT_FOUND).encode())
-        ),
+        status_error(tl.Response(404, {"x-request-id": "r1"}, content=json.dumps(MODEL_NOT_FOUND).encode())),
         status_error(tl.Response(502, content=HTML_502, reason_phrase="Bad Gateway")),
         status_error(tl.Response(400, content=b'{"error": {"code": 400}}')),
         tl.APIConnectionError("Connection error."),
@@ -3415,7 +3488,9 @@ def test_raised_http_error_survives_pickle(server: Server, client: tl.Together) 
 
 
 def test_an_api_error_carries_the_response_and_the_request_as_the_sdks_print_them(server: Server) -> None:
-    server.reply(Reply(404, {"error": {"message": "Unable to access model x.", "code": "model_not_found"}}, headers=SDK_HEADERS))
+    server.reply(
+        Reply(404, {"error": {"message": "Unable to access model x.", "code": "model_not_found"}}, headers=SDK_HEADERS)
+    )
     client = make_client(server, api_key="sk-secret-key-1")
     try:
         client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
@@ -3467,7 +3542,12 @@ def test_errors_can_be_built_the_way_the_modern_sdks_build_them() -> None:
 def test_chat_result_is_a_typed_response(server: Server, client: tl.Together) -> None:
     response = chat(client)
     assert isinstance(response, tl.ChatCompletionResponse)
-    assert (response.id, response.object, response.created, response.model) == ("chat-1", "chat.completion", 1700000000, "m")
+    assert (response.id, response.object, response.created, response.model) == (
+        "chat-1",
+        "chat.completion",
+        1700000000,
+        "m",
+    )
     choice = response.choices[0]
     assert isinstance(choice, tl.ChatChoice) and isinstance(choice.message, tl.ChatMessage)
     assert choice.index == 0
@@ -3529,11 +3609,16 @@ def test_echoed_prompt_parts_are_readable(server: Server, client: tl.Together) -
 def test_n_three_gives_three_choices(server: Server, client: tl.Together) -> None:
     body = chat_response()
     body["choices"] = [
-        {"index": i, "message": {"role": "assistant", "content": f"answer {i}"}, "finish_reason": "stop"} for i in range(3)
+        {"index": i, "message": {"role": "assistant", "content": f"answer {i}"}, "finish_reason": "stop"}
+        for i in range(3)
     ]
     server.reply(Reply(200, body))
     response = chat(client, n=3)
-    assert [(c.index, c.message.content) for c in response.choices] == [(0, "answer 0"), (1, "answer 1"), (2, "answer 2")]
+    assert [(c.index, c.message.content) for c in response.choices] == [
+        (0, "answer 0"),
+        (1, "answer 1"),
+        (2, "answer 2"),
+    ]
     assert server.requests[0].json["n"] == 3
 
 
@@ -3589,15 +3674,43 @@ def test_unknown_fields_at_every_level_are_kept(server: Server, client: tl.Toget
     "body, read, expected",
     [
         pytest.param({**CHAT_RESPONSE, "usage": None}, lambda r: r.usage, None, id="usage-null"),
-        pytest.param({k: v for k, v in CHAT_RESPONSE.items() if k != "usage"}, lambda r: r.usage, None, id="usage-missing"),
-        pytest.param({**CHAT_RESPONSE, "choices": [{"index": 0}]}, lambda r: r.choices[0].message, None, id="message-missing"),
-        pytest.param({**CHAT_RESPONSE, "choices": [{"index": 0}]}, lambda r: r.choices[0].finish_reason, None, id="finish-missing"),
-        pytest.param({**CHAT_RESPONSE, "choices": [{"message": {}}]}, lambda r: r.choices[0].message.content, None, id="content-missing"),
-        pytest.param({**CHAT_RESPONSE, "choices": [{"message": {}}]}, lambda r: r.choices[0].message.role, None, id="role-missing"),
-        pytest.param({**CHAT_RESPONSE, "choices": [{"message": {"role": "assistant"}}]}, lambda r: r.choices[0].index, None, id="index-missing"),
+        pytest.param(
+            {k: v for k, v in CHAT_RESPONSE.items() if k != "usage"}, lambda r: r.usage, None, id="usage-missing"
+        ),
+        pytest.param(
+            {**CHAT_RESPONSE, "choices": [{"index": 0}]}, lambda r: r.choices[0].message, None, id="message-missing"
+        ),
+        pytest.param(
+            {**CHAT_RESPONSE, "choices": [{"index": 0}]},
+            lambda r: r.choices[0].finish_reason,
+            None,
+            id="finish-missing",
+        ),
+        pytest.param(
+            {**CHAT_RESPONSE, "choices": [{"message": {}}]},
+            lambda r: r.choices[0].message.content,
+            None,
+            id="content-missing",
+        ),
+        pytest.param(
+            {**CHAT_RESPONSE, "choices": [{"message": {}}]},
+            lambda r: r.choices[0].message.role,
+            None,
+            id="role-missing",
+        ),
+        pytest.param(
+            {**CHAT_RESPONSE, "choices": [{"message": {"role": "assistant"}}]},
+            lambda r: r.choices[0].index,
+            None,
+            id="index-missing",
+        ),
         pytest.param({**CHAT_RESPONSE, "choices": None}, lambda r: r.choices, None, id="choices-null"),
-        pytest.param({}, lambda r: (r.id, r.object, r.created, r.model, r.choices, r.usage), (None,) * 6, id="empty-object"),
-        pytest.param({**CHAT_RESPONSE, "usage": {"prompt_tokens": 5}}, lambda r: r.usage.total_tokens, None, id="usage-partial"),
+        pytest.param(
+            {}, lambda r: (r.id, r.object, r.created, r.model, r.choices, r.usage), (None,) * 6, id="empty-object"
+        ),
+        pytest.param(
+            {**CHAT_RESPONSE, "usage": {"prompt_tokens": 5}}, lambda r: r.usage.total_tokens, None, id="usage-partial"
+        ),
     ],
 )
 def test_missing_or_null_fields_read_as_none(
@@ -3721,7 +3834,9 @@ def test_reasoning_warnings_and_seed_are_declared(server: Server, client: tl.Tog
     assert plain.choices[0].seed is None
     assert plain.warnings is None
     body = chat_response(
-        "42", message={"role": "assistant", "content": "42", "reasoning": "think", "reasoning_content": "deep"}, seed=1234
+        "42",
+        message={"role": "assistant", "content": "42", "reasoning": "think", "reasoning_content": "deep"},
+        seed=1234,
     )
     body["warnings"] = [{"message": "model is deprecated"}]
     server.reply(Reply(200, body))
@@ -3811,7 +3926,7 @@ def test_unicode_round_trips_in_both_directions(server: Server, client: tl.Toget
     response = chat(client, messages=[{"role": "user", "content": UNICODE_TEXT}])
     assert response.choices[0].message.content == UNICODE_TEXT
     assert server.requests[0].json["messages"][0]["content"] == UNICODE_TEXT
-    assert "😀".encode("utf-8") in server.requests[0].body
+    assert "😀".encode() in server.requests[0].body
     assert "\u2028".encode("utf-8") in server.requests[0].body
     assert json.loads(response.model_dump_json())["choices"][0]["message"]["content"] == UNICODE_TEXT
 
@@ -3831,7 +3946,7 @@ def test_lone_surrogate_in_input_does_not_crash(server: Server, client: tl.Toget
 def test_completion_prompt_unicode_is_sent_as_utf8(server: Server, client: tl.Together) -> None:
     server.default = Reply(200, COMPLETION_RESPONSE)
     client.completions.create(model="m", prompt="# 注释 😀\ndef f():")
-    assert "# 注释 😀".encode("utf-8") in server.requests[0].body
+    assert "# 注释 😀".encode() in server.requests[0].body
     assert server.requests[0].json["prompt"] == "# 注释 😀\ndef f():"
 
 
@@ -3848,7 +3963,9 @@ def test_completion_prompt_unicode_is_sent_as_utf8(server: Server, client: tl.To
         (b"\xff\xfe\x00garbage", "application/octet-stream"),
     ],
 )
-def test_non_json_200_body_raises_api_error(server: Server, client: tl.Together, body: bytes, content_type: str | None) -> None:
+def test_non_json_200_body_raises_api_error(
+    server: Server, client: tl.Together, body: bytes, content_type: str | None
+) -> None:
     server.reply(Reply(200, body=body, content_type=content_type))
     with pytest.raises(tl.APIError) as info:
         chat(client)
@@ -3870,7 +3987,9 @@ def test_json_200_that_is_not_an_object_raises_api_error(server: Server, client:
         ({"error": "just text"}, "just text"),
     ],
 )
-def test_200_with_an_error_object_raises_api_error(server: Server, client: tl.Together, body: Any, message: str) -> None:
+def test_200_with_an_error_object_raises_api_error(
+    server: Server, client: tl.Together, body: Any, message: str
+) -> None:
     server.reply(Reply(200, body))
     with pytest.raises(tl.APIError) as info:
         chat(client)
@@ -3919,7 +4038,9 @@ def test_a_200_html_page_without_a_title_is_summarised_as_text(server: Server) -
     assert "<" not in str(info.value)
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", "text/html", "application/vnd.api+json", None])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/octet-stream", "text/html", "application/vnd.api+json", None]
+)
 def test_valid_json_under_a_wrong_content_type_is_parsed(server: Server, content_type: str | None) -> None:
     reply = Reply(200, body=chat_json("plain"))
     if content_type:
@@ -3986,7 +4107,7 @@ def test_request_body_is_compact_utf8_json(server: Server, client: tl.Together) 
     decoded = json.loads(body.decode("utf-8"))
     assert body == json.dumps(decoded, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     assert b", " not in body and b'": ' not in body
-    assert "héllo ☃ 漢字".encode("utf-8") in body
+    assert "héllo ☃ 漢字".encode() in body
     assert b"\\u" not in body
     assert decoded["messages"] == messages
 
@@ -4066,7 +4187,15 @@ def test_all_chat_parameters_together_land_in_the_body(server: Server, client: t
 
 @pytest.mark.parametrize(
     "name, value",
-    [("temperature", 0), ("top_k", 0), ("seed", 0), ("max_tokens", 0), ("logprobs", 0), ("echo", False), ("min_p", 0.0)],
+    [
+        ("temperature", 0),
+        ("top_k", 0),
+        ("seed", 0),
+        ("max_tokens", 0),
+        ("logprobs", 0),
+        ("echo", False),
+        ("min_p", 0.0),
+    ],
 )
 def test_falsy_parameter_values_are_still_sent(server: Server, client: tl.Together, name: str, value: Any) -> None:
     chat(client, **{name: value})
@@ -4256,7 +4385,11 @@ def test_whole_floats_for_int_parameters_are_sent_as_ints(server: Server, client
     chat(client, max_tokens=2048.0, n=2.0, top_k=40.0, seed=7.0, logprobs=1.0, max_retries=0.0)
     sent = server.requests[0].json
     assert [(sent[name], type(sent[name])) for name in ("max_tokens", "n", "top_k", "seed", "logprobs")] == [
-        (2048, int), (2, int), (40, int), (7, int), (1, int)
+        (2048, int),
+        (2, int),
+        (40, int),
+        (7, int),
+        (1, int),
     ]
 
 
@@ -4329,7 +4462,16 @@ def test_bad_completion_argument_raises_naming_it_before_sending(
 
 @pytest.mark.parametrize(
     "base_url",
-    ["file:///etc/passwd", "FILE:///etc/passwd", "ftp://x", "javascript:x", "data:,hi", "127.0.0.1:8000/v1", "etc/passwd", "//host/v1"],
+    [
+        "file:///etc/passwd",
+        "FILE:///etc/passwd",
+        "ftp://x",
+        "javascript:x",
+        "data:,hi",
+        "127.0.0.1:8000/v1",
+        "etc/passwd",
+        "//host/v1",
+    ],
 )
 def test_a_base_url_that_is_not_http_raises_value_error_and_touches_nothing(base_url: str) -> None:
     with audit() as events, pytest.raises(ValueError, match="base_url"):
@@ -4402,7 +4544,9 @@ def test_extra_headers_with_cr_lf_or_an_invalid_name_raise_value_error_before_se
 
 
 @pytest.mark.parametrize(
-    "headers", [{"X-Ünïcode": "v"}, {"X-€": "v"}, {"X-A": "€uro"}], ids=["latin1-name", "non-latin1-name", "non-latin1-value"]
+    "headers",
+    [{"X-Ünïcode": "v"}, {"X-€": "v"}, {"X-A": "€uro"}],
+    ids=["latin1-name", "non-latin1-name", "non-latin1-value"],
 )
 def test_extra_headers_that_cannot_be_encoded_raise_value_error_before_sending(
     server: Server, headers: dict[str, str]
@@ -4890,7 +5034,9 @@ def test_retryable_status_on_a_stream_request_is_retried_then_streams(
     assert len(recorded_delays) == 1
 
 
-def test_a_500_that_persists_on_a_stream_request_raises_from_create(server: Server, recorded_delays: list[float]) -> None:
+def test_a_500_that_persists_on_a_stream_request_raises_from_create(
+    server: Server, recorded_delays: list[float]
+) -> None:
     server.reply(*[Reply(500, {"error": {"message": "down"}})] * 3)
     with make_client(server, max_retries=2) as c:
         record_delays(c, recorded_delays)
@@ -5083,17 +5229,25 @@ def test_completion_stream_without_done_after_finish_reason_is_complete(server: 
         [b"data: {not json}\n\n"],
         [b"data: <html><title>oops</title></html>\n\n"],
         [b"data: \xff\xfe\xfa\x80\n\n"],
-        [b"data: {\"choices\": [\n\n"],
+        [b'data: {"choices": [\n\n'],
         [b"\x00\x01\x02\xff\xfe garbage without a line break"],
         [b"\x00\x01\x02\r\n\xff\xfe\n\n\x89PNG\r\n\x1a\n"],
         [b"data: " + b"\xe6\x97" * 3 + b"\n\n"],
-        [b"data: {\"error\": {\"message\": \"boom\"}}\n\n"],
+        [b'data: {"error": {"message": "boom"}}\n\n'],
         [b"event: error\ndata: 42\n\n"],
-        [b"data: {\"id\": 1}\n\n"],
+        [b'data: {"id": 1}\n\n'],
     ],
     ids=[
-        "not-json", "html", "invalid-utf8", "truncated-json", "garbage-no-newline", "binary",
-        "cut-multibyte", "error-object", "error-event-number", "no-done-no-finish",
+        "not-json",
+        "html",
+        "invalid-utf8",
+        "truncated-json",
+        "garbage-no-newline",
+        "binary",
+        "cut-multibyte",
+        "error-object",
+        "error-event-number",
+        "no-done-no-finish",
     ],
 )
 def test_garbage_in_a_stream_is_a_typed_api_error(server: Server, pieces: list[bytes]) -> None:
@@ -5166,6 +5320,7 @@ def test_an_async_stream_takes_every_buffered_event_in_one_hop(server: Server) -
     async def main() -> list[Any]:
         async with tl.AsyncTogether(api_key="k", base_url=server.url, max_retries=0, timeout=2) as c:
             stream = await chat(c, stream=True)
+
             def counting(original: Callable[[], Any]) -> Callable[[], Any]:
                 def counted() -> Any:
                     hops.append(1)
@@ -5570,7 +5725,7 @@ def test_connection_refused_is_a_connection_error_and_is_retried(refused_port: i
         raw_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"),
         raw_reply(b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n{}"),
         raw_reply(b"HTTP/1.1 200 OK\r\n" + b"X-Many: 1\r\n" * 101 + b"Content-Length: 2\r\n\r\n{}"),
-        raw_reply(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\": "),
+        raw_reply(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"id": '),
         raw_reply(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}"),
         raw_reply(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nnotgz"),
     ],
@@ -5692,7 +5847,9 @@ def test_cancelling_interrupts_a_tls_handshake_that_hangs() -> None:
 def test_a_reset_before_the_headers_is_a_connection_error(raw_server: Any, stream: bool) -> None:
     raw_server = raw_server(send_then(b"", "reset"))
     with pytest.raises(tl.APIConnectionError) as info:
-        list(chat(make_client(raw_server.url, timeout=1), stream=stream)) if stream else chat(make_client(raw_server.url, timeout=1))
+        list(chat(make_client(raw_server.url, timeout=1), stream=stream)) if stream else chat(
+            make_client(raw_server.url, timeout=1)
+        )
     assert not isinstance(info.value, tl.Timeout)
     assert len(raw_server.requests) == 1
 
@@ -5744,7 +5901,7 @@ def test_a_connection_lost_mid_body_is_a_connection_error(raw_server: Any, then:
 def test_a_connection_lost_mid_stream_is_a_connection_error_after_the_chunks_so_far(raw_server: Any, then: str) -> None:
     head = http_message(content_type="text/event-stream", length=-1, extra="Transfer-Encoding: chunked\r\n")
     first = chunked(b"".join(sse(chunk("one"), done=False)))
-    raw_server = raw_server(send_then(head + first + b"40\r\ndata: {\"cut", then))
+    raw_server = raw_server(send_then(head + first + b'40\r\ndata: {"cut', then))
     got: list[str] = []
     with pytest.raises(tl.APIConnectionError) as info:
         for piece in chat(make_client(raw_server.url, timeout=1), stream=True):
@@ -5812,7 +5969,13 @@ def test_a_40_mb_stream_is_consumed_in_bounded_memory(server: Server) -> None:
 
 
 def test_an_uninvited_gzip_json_response_is_decoded(server: Server) -> None:
-    server.reply(Reply(body=gzip.compress(chat_json("zipped")), headers={"Content-Encoding": "gzip"}, content_type="application/json"))
+    server.reply(
+        Reply(
+            body=gzip.compress(chat_json("zipped")),
+            headers={"Content-Encoding": "gzip"},
+            content_type="application/json",
+        )
+    )
     client = make_client(server, max_retries=0)
     assert chat(client).choices[0].message.content == "zipped"
 
@@ -5890,7 +6053,9 @@ def test_a_bad_chunk_size_is_a_typed_error(raw_server: Any, size_line: bytes, st
     head = http_message(content_type=kind, length=-1, extra="Transfer-Encoding: chunked\r\n")
     raw_server = raw_server(send_then(head + size_line + b"\r\ndata: x\r\n0\r\n\r\n"))
     with pytest.raises(tl.APIError):
-        list(chat(make_client(raw_server.url, timeout=1), stream=True)) if stream else chat(make_client(raw_server.url, timeout=1))
+        list(chat(make_client(raw_server.url, timeout=1), stream=True)) if stream else chat(
+            make_client(raw_server.url, timeout=1)
+        )
 
 
 @pytest.mark.parametrize(
@@ -5907,7 +6072,9 @@ def test_a_server_that_closes_after_each_response_serves_many_sequential_calls(
 ) -> None:
     length = None if delimited == "length" else -1
     replies = {
-        b'"stream":true': http_message(stream_bytes("s"), version=version, extra=extra, length=length, content_type="text/event-stream"),
+        b'"stream":true': http_message(
+            stream_bytes("s"), version=version, extra=extra, length=length, content_type="text/event-stream"
+        ),
         b"": http_message(chat_json("j"), version=version, extra=extra, length=length),
     }
 
@@ -5927,7 +6094,7 @@ def test_a_server_that_closes_after_each_response_serves_many_sequential_calls(
 
 
 def test_a_huge_declared_length_reads_piece_by_piece(server: Server, client: tl.Together) -> None:
-    server.reply(raw_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n{\"id\""))
+    server.reply(raw_reply(b'HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n{"id"'))
     with pytest.raises(tl.APIConnectionError, match="expected"):
         chat(client)
 
@@ -6043,7 +6210,9 @@ def test_threads_sharing_one_client_each_get_their_own_answer_and_the_pool_stays
         assert len({id(connection) for connection in idle}) == len(idle)
 
 
-def test_the_pool_keeps_at_most_pool_maxsize_idle_connections(echo_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_pool_keeps_at_most_pool_maxsize_idle_connections(
+    echo_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     set_pool_limits(monkeypatch, maxsize=2)
     together = threading.Barrier(6)
 
@@ -6483,7 +6652,7 @@ def test_an_explicit_proxy_option_works_without_the_environment(
     request: pytest.FixtureRequest, proxy: Proxy, scheme: str, form: str
 ) -> None:
     origin, options = origin_for(request, scheme)
-    option = proxy.url if form == "url" else proxy.url[len("http://"):]
+    option = proxy.url if form == "url" else proxy.url[len("http://") :]
     with make_client(origin, max_retries=0, proxy=option, **options) as client:
         assert ask(client, "explicit") == "explicit"
         assert ask(client, "explicit again") == "explicit again"
@@ -6607,7 +6776,9 @@ def test_an_unreachable_proxy_is_a_connection_error(
         ("10.0.0.0/33", "10.0.0.1", 443, False),
     ],
 )
-def test_no_proxy_entries_are_domains_addresses_and_networks(no_proxy: str, host: str, port: int, bypassed: bool) -> None:
+def test_no_proxy_entries_are_domains_addresses_and_networks(
+    no_proxy: str, host: str, port: int, bypassed: bool
+) -> None:
     assert tl._no_proxy_matches(no_proxy, host, port) is bypassed
 
 
@@ -6888,9 +7059,7 @@ def test_a_redirect_without_location_is_an_error(echo_server: Server) -> None:
     assert len(echo_server.requests) == 1
 
 
-@pytest.mark.parametrize(
-    "location, sent", [("/v1/with space", "/v1/with%20space"), ("/v1/caf\u00e9", "/v1/caf%C3%A9")]
-)
+@pytest.mark.parametrize("location, sent", [("/v1/with space", "/v1/with%20space"), ("/v1/caf\u00e9", "/v1/caf%C3%A9")])
 def test_a_redirect_location_with_unsafe_characters_is_followed_percent_encoded(
     echo_server: Server, location: str, sent: str
 ) -> None:
@@ -7063,7 +7232,12 @@ def test_retry_after_http_date_sets_the_delay(server: Server) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Retry-After": "3600"}, {"Retry-After": "61"}, {"retry-after-ms": "60001"}, {"Retry-After": "99999999999999999999"}],
+    [
+        {"Retry-After": "3600"},
+        {"Retry-After": "61"},
+        {"retry-after-ms": "60001"},
+        {"Retry-After": "99999999999999999999"},
+    ],
 )
 def test_retry_after_beyond_the_cap_raises_at_once(server: Server, headers: dict[str, str]) -> None:
     server.reply(Reply(429, error_body(), headers=headers))
@@ -7072,7 +7246,9 @@ def test_retry_after_beyond_the_cap_raises_at_once(server: Server, headers: dict
         chat(c)
     assert len(server.requests) == 1
     assert delays == []
-    assert info.value.headers["retry-after" if "Retry-After" in headers else "retry-after-ms"] == next(iter(headers.values()))
+    assert info.value.headers["retry-after" if "Retry-After" in headers else "retry-after-ms"] == next(
+        iter(headers.values())
+    )
 
 
 @pytest.mark.parametrize("value", ["-5", "0", "nan", "inf", "-inf", "soon", "Zun, 99 Foo 2023", "1e400"])
@@ -7130,7 +7306,12 @@ def test_completions_are_retried_too(server: Server) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Retry-After": "3600"}, {"Retry-After": "86400"}, {"retry-after-ms": "3600000"}, {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}],
+    [
+        {"Retry-After": "3600"},
+        {"Retry-After": "86400"},
+        {"retry-after-ms": "3600000"},
+        {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"},
+    ],
 )
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_retry_after_of_an_hour_is_not_retried_and_never_slept(
@@ -7148,12 +7329,32 @@ def test_a_retry_after_of_an_hour_is_not_retried_and_never_slept(
 
 @pytest.mark.parametrize(
     "value",
-    ["-5", "-0.5", "0", "NaN", "nan", "inf", "-inf", "Infinity", "1e309", "9" * 400, "junk", "", " ", "0x10", "1,5",
-     "Mon, 01 Jan 1990 00:00:00 GMT", "Wed, 99 Foo 2024 99:99:99 GMT", "\u00d9\u00a3\u00d9\u00a3"],
+    [
+        "-5",
+        "-0.5",
+        "0",
+        "NaN",
+        "nan",
+        "inf",
+        "-inf",
+        "Infinity",
+        "1e309",
+        "9" * 400,
+        "junk",
+        "",
+        " ",
+        "0x10",
+        "1,5",
+        "Mon, 01 Jan 1990 00:00:00 GMT",
+        "Wed, 99 Foo 2024 99:99:99 GMT",
+        "\u00d9\u00a3\u00d9\u00a3",
+    ],
 )
 def test_an_unusable_retry_after_falls_back_to_normal_backoff(server: Server, value: str) -> None:
     for _ in range(3):
-        server.reply(Reply(503, {"error": {"message": "busy"}}, headers={"Retry-After": value, "retry-after-ms": value}))
+        server.reply(
+            Reply(503, {"error": {"message": "busy"}}, headers={"Retry-After": value, "retry-after-ms": value})
+        )
     c = make_client(server, max_retries=2)
     delays: list[float] = []
     record_delays(c, delays)
@@ -7235,7 +7436,9 @@ def test_retry_after_seconds_reads_the_headers(headers: dict[str, str], expected
     assert result == (pytest.approx(expected) if expected is not None else None)
 
 
-@pytest.mark.parametrize("value", ["Fri, 29 Sep 100000 16:26:57 GMT", "Zun, 99 Foo 2023 16:26:27 GMT", "Mon, 1 Jan 0 00:00:00 GMT"])
+@pytest.mark.parametrize(
+    "value", ["Fri, 29 Sep 100000 16:26:57 GMT", "Zun, 99 Foo 2023 16:26:27 GMT", "Mon, 1 Jan 0 00:00:00 GMT"]
+)
 def test_retry_after_seconds_survives_odd_dates(value: str) -> None:
     result = tl._retry_after_seconds({"retry-after": value}, NOW)
     assert result is None or isinstance(result, float)
@@ -7514,7 +7717,12 @@ def test_default_headers_and_together_custom_headers(server: Server, monkeypatch
     client = make_client(server, default_headers={"X-Both": "argument"}, supplied_headers={"X-V1": "yes"})
     chat(client)
     headers = server.requests[0].headers
-    assert (headers["x-team"], headers["x-env"], headers["x-both"], headers["x-v1"]) == ("search", "prod", "argument", "yes")
+    assert (headers["x-team"], headers["x-env"], headers["x-both"], headers["x-v1"]) == (
+        "search",
+        "prod",
+        "argument",
+        "yes",
+    )
     monkeypatch.setenv("TOGETHER_CUSTOM_HEADERS", "X-Team search")
     with pytest.raises(ValueError, match="TOGETHER_CUSTOM_HEADERS line 1"):
         make_client(server)
@@ -7708,9 +7916,7 @@ def test_parse_takes_a_dict_response_format_and_async(server: Server) -> None:
 
     async def main() -> tuple[Any, Any]:
         async with tl.AsyncTogether(api_key="k", base_url=server.url) as client:
-            plain = await client.chat.completions.parse(
-                model="m", messages=[], response_format={"type": "json_object"}
-            )
+            plain = await client.chat.completions.parse(model="m", messages=[], response_format={"type": "json_object"})
             typed = await client.chat.completions.parse(model="m", messages=[], response_format=ParsedPerson)
             return plain.choices[0].message.parsed, typed.choices[0].message.parsed
 
@@ -7730,10 +7936,22 @@ def test_a_model_class_given_to_create_points_at_parse(server: Server) -> None:
 @pytest.mark.parametrize(
     "path, names",
     [
-        ("together_lite.types.chat_completions", ["ChatCompletionResponse", "ChatCompletionChunk", "MessageRole", "ChatCompletionMessage"]),
+        (
+            "together_lite.types.chat_completions",
+            ["ChatCompletionResponse", "ChatCompletionChunk", "MessageRole", "ChatCompletionMessage"],
+        ),
         ("together_lite.types.completions", ["CompletionResponse", "CompletionChunk", "CompletionChoicesData"]),
         ("together_lite.types.common", ["FinishReason", "UsageData", "ObjectType", "LogprobsPart"]),
-        ("together_lite.types.chat", ["ChatCompletion", "ChatCompletionChunk", "ChatCompletionMessage", "ChatCompletionUsage", "ChatCompletionMessageParam"]),
+        (
+            "together_lite.types.chat",
+            [
+                "ChatCompletion",
+                "ChatCompletionChunk",
+                "ChatCompletionMessage",
+                "ChatCompletionUsage",
+                "ChatCompletionMessageParam",
+            ],
+        ),
         ("together_lite.types.chat.chat_completion", ["ChatCompletion", "Choice"]),
         ("together_lite.types.chat.chat_completion_chunk", ["ChatCompletionChunk", "Choice", "ChoiceDelta"]),
         ("together_lite.types.completion", ["Completion", "Choice"]),
@@ -7822,12 +8040,16 @@ def test_the_async_create_has_the_full_keyword_signature() -> None:
     assert "temperature" in inspect.signature(tl.AsyncChatCompletions.create).parameters
 
 
-def test_a_typed_program_passes_mypy_strict_without_a_cast(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_typed_program_passes_mypy_strict_without_a_cast(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     output, status = run_mypy(tmp_path, monkeypatch, TYPED_PROGRAM)
     assert status == 0, output
 
 
-def test_a_misspelt_keyword_is_a_type_error_sync_and_async(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_misspelt_keyword_is_a_type_error_sync_and_async(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     output, status = run_mypy(tmp_path, monkeypatch, MISSPELT_PROGRAM)
     assert status == 1
     assert 'Unexpected keyword argument "temprature"' in output and 'Unexpected keyword argument "max_token"' in output
@@ -7862,7 +8084,9 @@ def test_seed_example_runs_with_only_the_import_changed(
     assert len(server.requests) == 1
     request = server.requests[0]
     assert request.headers["authorization"] == "Bearer seed-key"
-    assert request.path == ("/v1/completions" if "completions.create(" in code and "chat." not in code else "/v1/chat/completions")
+    assert request.path == (
+        "/v1/completions" if "completions.create(" in code and "chat." not in code else "/v1/chat/completions"
+    )
     body = request.json
     for name, value in sent.items():
         assert body[name] == value, name
@@ -7882,9 +8106,7 @@ def test_seed_logprobs_example_prints_integer_logprobs_as_floats_like_the_sdk(
     "code, pieces, path, printed",
     [
         pytest.param(SEED_STREAM_000_CHAT, SEED_CHAT_STREAM, "/v1/chat/completions", " A: Sure thing", id="000-chat"),
-        pytest.param(
-            SEED_STREAM_001_CHAT, SEED_CHAT_STREAM, "/v1/chat/completions", " A: Sure thing\n", id="001-chat"
-        ),
+        pytest.param(SEED_STREAM_001_CHAT, SEED_CHAT_STREAM, "/v1/chat/completions", " A: Sure thing\n", id="001-chat"),
         pytest.param(SEED_STREAM_002_CHAT, SEED_CHAT_STREAM, "/v1/chat/completions", " A: Sure thing", id="002-chat"),
         pytest.param(
             SEED_STREAM_003_COMPLETIONS,
@@ -7994,11 +8216,15 @@ def test_a_response_equals_what_the_sync_client_returns(server: Server) -> None:
     assert isinstance(response, tl.ChatCompletionResponse)
     assert response == expected
     assert response.choices[0].message.content == "Hello there."
-    assert server.requests[1].json == server.requests[0].json == {
-        "model": "m",
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 5,
-    }
+    assert (
+        server.requests[1].json
+        == server.requests[0].json
+        == {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 5,
+        }
+    )
     assert server.requests[1].headers["authorization"] == "Bearer test-key"
 
 
@@ -8513,8 +8739,18 @@ def test_chunks_that_arrive_in_one_read_are_all_yielded_in_order(server: Server)
 
 def test_completions_stream_yields_completion_chunks(server: Server) -> None:
     events = [
-        {"id": "x", "object": "completion.chunk", "model": "m", "choices": [{"index": 0, "text": "def", "finish_reason": None}]},
-        {"id": "x", "object": "completion.chunk", "model": "m", "choices": [{"index": 0, "text": " f", "finish_reason": "length"}]},
+        {
+            "id": "x",
+            "object": "completion.chunk",
+            "model": "m",
+            "choices": [{"index": 0, "text": "def", "finish_reason": None}],
+        },
+        {
+            "id": "x",
+            "object": "completion.chunk",
+            "model": "m",
+            "choices": [{"index": 0, "text": " f", "finish_reason": "length"}],
+        },
     ]
     server.reply(Reply(chunks=sse(*events)))
 
@@ -8633,7 +8869,7 @@ def test_an_error_inside_the_stream_raises_api_error(server: Server, pieces: lis
     [
         pytest.param(Reply(chunks=sse(chunk("Hel"), done=False)), id="ends-without-done-or-finish-reason"),
         pytest.param(
-            raw_reply(STREAM_HEAD + chunked(sse(chunk("Hel"))[0]) + b"40\r\ndata: {\"id"),
+            raw_reply(STREAM_HEAD + chunked(sse(chunk("Hel"))[0]) + b'40\r\ndata: {"id'),
             id="cut-mid-chunk",
         ),
     ],
@@ -8718,7 +8954,9 @@ def test_an_error_status_raises_the_same_error_as_the_sync_client(server: Server
 @pytest.mark.parametrize(
     "script, max_retries, error, delay_bounds",
     [
-        pytest.param([Reply(500), Reply(200, CHAT_RESPONSE)], 2, None, [(0.375, 0.5)], id="500-then-200-is-retried-once"),
+        pytest.param(
+            [Reply(500), Reply(200, CHAT_RESPONSE)], 2, None, [(0.375, 0.5)], id="500-then-200-is-retried-once"
+        ),
         pytest.param(
             [Reply(429, headers={"Retry-After": "2"}), Reply(200, CHAT_RESPONSE)],
             2,
@@ -8992,7 +9230,9 @@ def test_a_stream_produced_after_its_call_was_cancelled_is_closed(server: Server
     made: list[Any] = []
 
     def open_then_wait() -> Any:
-        stream = sync_of(client).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        stream = sync_of(client).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
         made.append(stream)
         gate.wait(5)  # the task is cancelled meanwhile; the stream is returned anyway
         return stream
@@ -9382,9 +9622,7 @@ def test_error_event_in_the_stream_is_printed_without_the_200_status(server: Ser
 
 
 @needs_sigint
-def test_ctrl_c_while_waiting_for_the_answer_exits_130_without_traceback(
-    server: Server, gate: threading.Event
-) -> None:
+def test_ctrl_c_while_waiting_for_the_answer_exits_130_without_traceback(server: Server, gate: threading.Event) -> None:
     server.reply(lambda handler: gate.wait(15))
     process = subprocess.Popen(
         interruptible_cli("chat", "hi"),
@@ -9408,9 +9646,7 @@ def test_ctrl_c_while_waiting_for_the_answer_exits_130_without_traceback(
 
 
 @needs_sigint
-def test_ctrl_c_in_the_middle_of_a_stream_keeps_the_text_and_exits_130(
-    server: Server, gate: threading.Event
-) -> None:
+def test_ctrl_c_in_the_middle_of_a_stream_keeps_the_text_and_exits_130(server: Server, gate: threading.Event) -> None:
     def stall_after_one_chunk(handler: Handler) -> None:
         start_stream(handler, chunk("Hel"))
         gate.wait(15)
@@ -9537,13 +9773,18 @@ def test_option_sets_any_body_parameter_reading_json_values(server: Server) -> N
     assert result.returncode == 0
     body = server.requests[0].json
     assert (body["top_k"], body["response_format"], body["reasoning_effort"], body["echo"]) == (
-        40, {"type": "json_object"}, "low", True
+        40,
+        {"type": "json_object"},
+        "low",
+        True,
     )
 
 
 def test_usage_prints_tokens_and_speed_to_stderr_after_the_answer(server: Server) -> None:
     usage = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
-    server.reply(Reply(chunks=sse(chunk("a"), chunk("b"), chunk(finish="stop", usage=usage))), Reply(200, CHAT_RESPONSE))
+    server.reply(
+        Reply(chunks=sse(chunk("a"), chunk("b"), chunk(finish="stop", usage=usage))), Reply(200, CHAT_RESPONSE)
+    )
     result = run_cli_here(server, "chat", "--usage", "hi")
     assert result.returncode == 0 and result.stdout == "ab\n"
     assert re.fullmatch(r"12 tokens in, 3 out; first token after \d+\.\d\d s; \d+\.\d tokens/s\n", result.stderr)
@@ -9553,7 +9794,11 @@ def test_usage_prints_tokens_and_speed_to_stderr_after_the_answer(server: Server
 
 
 def test_json_prints_what_the_server_sent_and_nothing_it_did_not(server: Server) -> None:
-    sent = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}
+    sent = {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+    }
     server.reply(Reply(200, sent))
     result = run_cli_here(server, "chat", "--json", "hi")
     assert result.returncode == 0
@@ -9563,7 +9808,9 @@ def test_json_prints_what_the_server_sent_and_nothing_it_did_not(server: Server)
 
 def test_while_retrying_the_command_says_so_and_the_error_names_the_host(server: Server) -> None:
     port = free_port()
-    result = run_cli(server, "chat", "--max-retries", "1", "hi", env=cli_env(server, TOGETHER_BASE_URL=f"http://127.0.0.1:{port}/v1"))
+    result = run_cli(
+        server, "chat", "--max-retries", "1", "hi", env=cli_env(server, TOGETHER_BASE_URL=f"http://127.0.0.1:{port}/v1")
+    )
     assert result.returncode == 1
     note, error = result.stderr.splitlines()
     assert re.fullmatch(rf"connection refused by 127\.0\.0\.1:{port}; retrying in 0\.\d s \(1/1\)", note)
@@ -9591,7 +9838,14 @@ def test_a_bad_option_value_is_a_usage_error_and_nothing_is_sent(server: Server,
 
 
 def test_a_warning_prints_as_one_line(server: Server) -> None:
-    result = run_cli(server, "chat", "--max-retries", "0", "hi", env=cli_env(server, TOGETHER_BASE_URL=f"http://0.0.0.0:{free_port()}/v1"))
+    result = run_cli(
+        server,
+        "chat",
+        "--max-retries",
+        "0",
+        "hi",
+        env=cli_env(server, TOGETHER_BASE_URL=f"http://0.0.0.0:{free_port()}/v1"),
+    )
     first = result.stderr.splitlines()[0]
     assert first == "warning: together_lite will send the API key unencrypted to 0.0.0.0 (base_url uses http://)."
     assert "sys.exit" not in result.stderr and "InsecureTransportWarning" not in result.stderr
@@ -9604,7 +9858,18 @@ def test_pip_install_puts_the_command_on_the_path_and_leaves_nothing_in_the_chec
     for name in ("together_lite.py", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(os.path.join(module_directory(), name), checkout / name)
     target = tmp_path / "installed"
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps", "--target", str(target), str(checkout)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-build-isolation",
+        "--no-deps",
+        "--target",
+        str(target),
+        str(checkout),
+    ]
     subprocess.run(command, check=True, timeout=120, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     assert sorted(os.listdir(checkout)) == ["LICENSE", "README.md", "pyproject.toml", "together_lite.py"]
     script = (target / "bin" / "together-lite").read_text()
@@ -9694,9 +9959,12 @@ def test_logger_at_debug_sees_body_and_retry_but_never_the_key(
     messages = [record.getMessage() for record in records]
     assert [record.levelno for record in records] == [logging.DEBUG, logging.INFO, logging.INFO, logging.INFO]
     assert messages[0].startswith("request body ")
-    assert json.loads(messages[0][len("request body "):]) == server.requests[0].json
+    assert json.loads(messages[0][len("request body ") :]) == server.requests[0].json
     assert " -> 503 " in messages[1] and "req-a" in messages[1]
-    assert messages[2] == f"retrying in {delays[0]:.2f}s (retry 1 of 2) after HTTP 503 from 127.0.0.1:{server.server_address[1]}"
+    assert (
+        messages[2]
+        == f"retrying in {delays[0]:.2f}s (retry 1 of 2) after HTTP 503 from 127.0.0.1:{server.server_address[1]}"
+    )
     assert " -> 200 " in messages[3]
     everything = caplog.text + "".join(messages) + "".join(repr(record.args) for record in records)
     assert CLI_API_KEY not in everything
@@ -9888,7 +10156,7 @@ def test_the_key_is_not_in_any_error_raised_by_a_call(server: Server, raw_server
     elif case == "reset":
         url = raw_server(send_then(b"", "reset")).url
     elif case == "stream-error":
-        server.reply(Reply(chunks=[b"event: error\ndata: {\"error\": {\"message\": \"overloaded\"}}\n\n"]))
+        server.reply(Reply(chunks=[b'event: error\ndata: {"error": {"message": "overloaded"}}\n\n']))
     elif case == "html-200":
         server.reply(Reply(200, body=HTML_PAGE, content_type="text/html"))
     else:
@@ -9924,7 +10192,9 @@ def test_the_key_is_not_in_an_async_error(server: Server) -> None:
         lambda url: tl.AsyncTogether(api_key="\x00" + CANARY, base_url=url),
         lambda url: tl.Together(api_key="k", base_url=url.replace("http://", f"http://{CANARY}@")),
         lambda url: tl.Together(api_key="k", base_url=url.replace("http://", f"http://user:{CANARY}@")),
-        lambda url: chat(tl.Together(api_key="k", base_url=url), extra_headers={"Authorization": f"Bearer {CANARY}\r\n"}),
+        lambda url: chat(
+            tl.Together(api_key="k", base_url=url), extra_headers={"Authorization": f"Bearer {CANARY}\r\n"}
+        ),
         lambda url: tl.Together(api_key="k", base_url=url, supplied_headers={"Authorization": f"Bearer {CANARY}\n"}),
     ],
     ids=["key-LF", "key-non-latin1", "async-key-NUL", "url-user", "url-password", "extra-header", "supplied-header"],
@@ -9977,7 +10247,11 @@ def test_the_key_is_not_in_the_output_of_a_process_run_with_together_log_debug(s
     env = dict(os.environ, TOGETHER_LOG="debug", PYTHONPATH=os.path.dirname(os.path.abspath(tl.__file__)))
     result = subprocess.run(
         [sys.executable, "-c", LOG_SCRIPT, server.url, CANARY],
-        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
     )
     stdout, stderr = result.stdout.decode(), result.stderr.decode()
     assert result.returncode == 3, stderr
@@ -10031,7 +10305,12 @@ def test_no_insecure_transport_warning_for_loopback_or_https(base_url: str) -> N
 
 @pytest.mark.parametrize(
     "base_url",
-    ["http://10.0.0.1/v1", "http://localhost.example.invalid/v1", "http://192.168.1.1:8000/v1", "http://[2001:db8::1]/v1"],
+    [
+        "http://10.0.0.1/v1",
+        "http://localhost.example.invalid/v1",
+        "http://192.168.1.1:8000/v1",
+        "http://[2001:db8::1]/v1",
+    ],
 )
 def test_plain_http_to_any_other_host_warns(base_url: str) -> None:
     with pytest.warns(tl.InsecureTransportWarning):

@@ -333,9 +333,7 @@ def test_n_choices(client):
 
 def test_n_choices_streamed_text_completion(client):
     one = client.completions.create(model=MODEL, prompt=COUNT_PROMPT, max_tokens=4, temperature=0)
-    stream = client.completions.create(
-        model=MODEL, prompt=COUNT_PROMPT, max_tokens=4, temperature=0, n=2, stream=True
-    )
+    stream = client.completions.create(model=MODEL, prompt=COUNT_PROMPT, max_tokens=4, temperature=0, n=2, stream=True)
     texts, finishes = {}, {}
     for chunk in stream:  # the choices' chunks arrive interleaved, one choice per chunk
         for choice in chunk.choices:
@@ -549,9 +547,7 @@ def test_chat_stream_then_request_at_once(client):
         text, _ = chat_text(stream)
         assert text
         try:
-            response = client.chat.completions.create(
-                model=MODEL, messages=CHAT_QUESTION, max_tokens=2, temperature=0
-            )
+            response = client.chat.completions.create(model=MODEL, messages=CHAT_QUESTION, max_tokens=2, temperature=0)
         except together_lite.APIError as exc:
             failures.append((round_, f"{type(exc).__name__}: {exc}"))
         else:

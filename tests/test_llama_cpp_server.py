@@ -84,7 +84,7 @@ if not os.path.isfile(MODEL_PATH):
 
 MODEL = "SmolLM2-135M-Instruct"  # llama.cpp serves its one model whatever name is asked for
 SLOTS = 4
-ROUNDS = 50  # stream-then-request rounds: each catches the race only some of the time
+ROUNDS = 25  # stream-then-request rounds: each catches the race only some of the time
 CHAT_QUESTION = [{"role": "user", "content": "What is 2+2?"}]
 COUNT_PROMPT = "1, 2, 3, 4,"  # greedy: " 5, 6, 7, 8, 9, 10, ..."
 

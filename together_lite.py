@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from typing_extensions import TypedDict, Unpack
 
     _T = TypeVar("_T")
+    _F = TypeVar("_F", bound=Callable[..., Any])
 else:
 
     class _Subscriptable:
@@ -4871,6 +4872,16 @@ class _AsyncRawClient:
         self.completions = _AsyncRawResource(client.completions, streaming=streaming)
 
 
+def _signature_of(sync: Callable[..., Any]) -> Callable[[_F], _F]:
+    """Give an async method the keyword signature (and help) of its sync twin, which checks its arguments."""
+
+    def decorate(method: _F) -> _F:
+        method.__wrapped__ = sync  # type: ignore[attr-defined]  # what inspect.signature() and help() show
+        return method
+
+    return decorate
+
+
 class _AsyncResource:
     """An async resource: the sync one's checks, with the call run on the client's pool."""
 
@@ -4910,47 +4921,9 @@ class AsyncChatCompletions(_AsyncResource):
             self, *, messages: _Messages, model: str, stream: bool, **params: Unpack[_ChatParams]
         ) -> ChatCompletionResponse | AsyncStream[ChatCompletionChunk]: ...
 
-    async def create(
-        self,
-        *,
-        messages: _Messages,
-        model: str,
-        max_tokens: _Maybe[int] = None,
-        stop: _Maybe[str | Sequence[str]] = None,
-        temperature: _Maybe[float] = None,
-        top_p: _Maybe[float] = None,
-        top_k: _Maybe[int] = None,
-        repetition_penalty: _Maybe[float] = None,
-        presence_penalty: _Maybe[float] = None,
-        frequency_penalty: _Maybe[float] = None,
-        min_p: _Maybe[float] = None,
-        logit_bias: _Maybe[Mapping[str, float]] = None,
-        seed: _Maybe[int] = None,
-        stream: bool = False,
-        logprobs: _Maybe[int] = None,
-        echo: _Maybe[bool] = None,
-        n: _Maybe[int] = None,
-        safety_model: _Maybe[str] = None,
-        response_format: _Maybe[Mapping[str, Any]] = None,
-        tools: _Maybe[Sequence[Mapping[str, Any]]] = None,
-        tool_choice: _Maybe[str | Mapping[str, Any]] = None,
-        timeout: _Maybe[float | _TimeoutObject] = None,
-        max_retries: _Maybe[int] = None,
-        extra_headers: _Maybe[Mapping[str, Any]] = None,
-        extra_query: _Maybe[Mapping[str, Any]] = None,
-        extra_body: _Maybe[Mapping[str, Any]] = None,
-        **kwargs: Any,
-    ) -> ChatCompletionResponse | AsyncStream[ChatCompletionChunk]:
+    @_signature_of(ChatCompletions.create)
+    async def create(self, **arguments: Any) -> ChatCompletionResponse | AsyncStream[ChatCompletionChunk]:
         """Create a chat completion; see ``ChatCompletions.create`` for the parameters."""
-        arguments = {
-            "model": model, "messages": messages, "max_tokens": max_tokens, "stop": stop, "temperature": temperature,
-            "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty,
-            "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty, "min_p": min_p,
-            "logit_bias": logit_bias, "seed": seed, "stream": stream, "logprobs": logprobs, "echo": echo, "n": n,
-            "safety_model": safety_model, "response_format": response_format, "tools": tools,
-            "tool_choice": tool_choice, "timeout": timeout, "max_retries": max_retries,
-            "extra_headers": extra_headers, "extra_query": extra_query, "extra_body": extra_body, **kwargs,
-        }  # fmt: skip
         return await self._client._execute(self._sync._prepare(arguments))  # type: ignore[no-any-return]
 
     async def parse(
@@ -4990,43 +4963,9 @@ class AsyncCompletions(_AsyncResource):
             self, *, model: str, prompt: str, stream: bool, **params: Unpack[_CompletionParams]
         ) -> CompletionResponse | AsyncStream[CompletionChunk]: ...
 
-    async def create(
-        self,
-        *,
-        model: str,
-        prompt: str,
-        max_tokens: _Maybe[int] = None,
-        stop: _Maybe[str | Sequence[str]] = None,
-        temperature: _Maybe[float] = None,
-        top_p: _Maybe[float] = None,
-        top_k: _Maybe[int] = None,
-        repetition_penalty: _Maybe[float] = None,
-        presence_penalty: _Maybe[float] = None,
-        frequency_penalty: _Maybe[float] = None,
-        min_p: _Maybe[float] = None,
-        logit_bias: _Maybe[Mapping[str, float]] = None,
-        seed: _Maybe[int] = None,
-        stream: bool = False,
-        logprobs: _Maybe[int] = None,
-        echo: _Maybe[bool] = None,
-        n: _Maybe[int] = None,
-        safety_model: _Maybe[str] = None,
-        timeout: _Maybe[float | _TimeoutObject] = None,
-        max_retries: _Maybe[int] = None,
-        extra_headers: _Maybe[Mapping[str, Any]] = None,
-        extra_query: _Maybe[Mapping[str, Any]] = None,
-        extra_body: _Maybe[Mapping[str, Any]] = None,
-        **kwargs: Any,
-    ) -> CompletionResponse | AsyncStream[CompletionChunk]:
+    @_signature_of(Completions.create)
+    async def create(self, **arguments: Any) -> CompletionResponse | AsyncStream[CompletionChunk]:
         """Create a text completion; see ``Completions.create`` for the parameters."""
-        arguments = {
-            "model": model, "prompt": prompt, "max_tokens": max_tokens, "stop": stop, "temperature": temperature,
-            "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty,
-            "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty, "min_p": min_p,
-            "logit_bias": logit_bias, "seed": seed, "stream": stream, "logprobs": logprobs, "echo": echo, "n": n,
-            "safety_model": safety_model, "timeout": timeout, "max_retries": max_retries,
-            "extra_headers": extra_headers, "extra_query": extra_query, "extra_body": extra_body, **kwargs,
-        }  # fmt: skip
         return await self._client._execute(self._sync._prepare(arguments))  # type: ignore[no-any-return]
 
 

@@ -198,6 +198,8 @@ _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "con
 _MAX_ERROR_BODY: Final = 1 << 20
 #: Bodies up to this many bytes are read in one call; larger ones piece by piece.
 _SINGLE_READ: Final = 1 << 24
+#: Request heads a transport keeps built, by route, path and headers.
+_HEADS_KEPT: Final = 64
 #: Idle connections kept per origin.
 _POOL_MAXSIZE: Final = 256
 #: Seconds after which an idle connection is not reused.
@@ -1343,27 +1345,38 @@ def _normalize_stop(stop: Any) -> list[str] | None:
 
 def _normalize_params(params: dict[str, Any]) -> None:
     """Check the parameters both endpoints share and put them in the API's form, in place."""
-    for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_p"):
-        _check_number(name, params.get(name))
-    for name, minimum in (("max_tokens", 0), ("top_k", 0), ("seed", -(2**63)), ("n", 1)):
-        if name in params:
-            params[name] = _as_int(name, params[name], minimum)
+    for name in _NUMBER_PARAMS.intersection(params):
+        _check_number(name, params[name])
+    for name in _INT_PARAMS.keys() & params.keys():
+        params[name] = _as_int(name, params[name], _INT_PARAMS[name])
     logprobs = params.get("logprobs")
     if isinstance(logprobs, bool):
         if "top_logprobs" not in params:  # Together's form: logprobs=True means one per token
             params["logprobs"] = int(logprobs)
     elif logprobs is not None:
         params["logprobs"] = _as_int("logprobs", logprobs, 0)
-    if not isinstance(params.get("stream", False), bool):
+    stream = params.get("stream", False)
+    if not isinstance(stream, bool):
         raise TypeError("stream must be a bool")
-    if params.get("stream") is False:  # the API's default; not sent
+    if stream is False:  # the API's default; not sent
         params["stream"] = None
-    for name in ("logit_bias", "response_format"):
-        if params.get(name) is not None and not isinstance(params[name], dict):
+    for name in _DICT_PARAMS.intersection(params):
+        if params[name] is not None and not isinstance(params[name], dict):
             raise TypeError(f"{name} must be a dict, not {type(params[name]).__name__}")
     if params.get("safety_model") is not None and not isinstance(params["safety_model"], str):
         raise TypeError("safety_model must be a str")
-    params["stop"] = _normalize_stop(params.get("stop"))
+    if "stop" in params:
+        params["stop"] = _normalize_stop(params["stop"])
+
+
+#: Parameters that must be finite numbers.
+_NUMBER_PARAMS: Final = frozenset(
+    {"temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_p"}
+)
+#: Parameters that must be whole numbers, and their least value.
+_INT_PARAMS: Final = {"max_tokens": 0, "top_k": 0, "seed": -(2**63), "n": 1}
+#: Parameters that must be objects.
+_DICT_PARAMS: Final = frozenset({"logit_bias", "response_format"})
 
 
 def _build_body(arguments: dict[str, Any], extra_body: Any) -> dict[str, Any]:
@@ -2155,24 +2168,21 @@ class _Connection:
         self.reader.close()
         self.sock.close()
 
-    def send(self, data: bytes, timeouts: _Timeouts) -> _Steps[None]:
-        """Send all of ``data``; the write timeout bounds each wait for progress, not the whole upload.
+    def send(self, data: bytes) -> int:
+        """Send what the socket takes of ``data`` at once (all of a usual request); how much that was."""
+        return self.sock.send(data if len(data) <= _SEND_SIZE else memoryview(data)[:_SEND_SIZE])
 
-        A request that fits in one piece goes out in one call. A larger one goes
-        in pieces, each wait for room to write a step (``sendall`` would apply the
-        timeout to the whole upload, and a TLS socket applies it to each call).
+    def send_rest(self, data: bytes, sent: int, timeouts: _Timeouts) -> _Steps[None]:
+        """Send the rest of ``data`` in pieces; the write timeout bounds each wait for room, not the whole.
+
+        (``sendall`` would apply the timeout to the whole upload, and a TLS socket
+        to each call.) Each wait is a step.
         """
         sock = self.sock
-        size = len(data)
-        sent = 0
-        if size <= _SEND_SIZE:
-            sent = sock.send(data)  # the usual case: the socket takes it all at once
-            if sent == size:
-                return
         view = memoryview(data)
         sock.setblocking(False)
         try:
-            while sent < size:
+            while sent < len(data):
                 # Only when the socket says it is writable, as a blocking send checks: filling the
                 # kernel's buffer to the brim would make the next wait one for a third of it to drain.
                 if not _poll(sock, True, 0.0):
@@ -2338,8 +2348,17 @@ def _decompressobj(coding: str) -> Any:
     return zlib.decompressobj(zlib.MAX_WBITS if coding == "deflate" else 16 + zlib.MAX_WBITS)
 
 
+def _transfer_codings(headers: Mapping[str, str]) -> list[str]:
+    value = headers.get("transfer-encoding")
+    if value is None or value == "chunked":  # the usual cases, at once
+        return [] if value is None else ["chunked"]
+    return [coding for coding in _codings(value) if coding != "identity"]
+
+
 def _decoder(headers: Mapping[str, str], transfer_codings: list[str]) -> _Decoder | None:
     """The decoder a response's body needs, or None when it arrives as it is."""
+    if not transfer_codings and "content-encoding" not in headers:
+        return None
     content_codings = [coding for coding in _codings(headers.get("content-encoding", "")) if coding != "identity"]
     for name, codings in (("transfer-encoding", transfer_codings), ("content-encoding", content_codings)):
         if not _SUPPORTED_CODINGS.issuperset(codings):
@@ -2460,7 +2479,7 @@ class _Response:
         self._reader = connection.reader
         self._done = done  # the transport's: it decides what becomes of the connection
         self._cancel = cancel
-        transfer = [coding for coding in _codings(headers.get("transfer-encoding", "")) if coding != "identity"]
+        transfer = _transfer_codings(headers)
         self._chunked = bool(transfer) and transfer[-1] == "chunked"
         if self._chunked:
             transfer.pop()
@@ -2989,6 +3008,7 @@ class _Transport:
 
     def __init__(self, *, proxy: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.pool = _ConnectionPool(proxy=proxy, ssl_context=ssl_context)
+        self._heads: dict[tuple[_Route, str, int], tuple[Mapping[str, str], bytes]] = {}
 
     def send(
         self,
@@ -3065,7 +3085,9 @@ class _Transport:
             cancel.attach(connection)
         received = connection.raw.received
         try:
-            yield from connection.send(request, timeouts)
+            sent = connection.send(request)
+            if sent < len(request):  # a large body: the rest goes as the socket takes it
+                yield from connection.send_rest(request, sent, timeouts)
         except GeneratorExit:  # the steps were abandoned while waiting to write (a cancelled task)
             connection.close()
             raise
@@ -3111,7 +3133,17 @@ class _Transport:
         return _connection_error(exc, doing, route)
 
     def _request_bytes(self, route: _Route, path: str, headers: Mapping[str, str], body: bytes) -> bytes:
-        """The whole request, sent with one write."""
+        """The whole request, sent with one write. Its head is built once per route, path and headers."""
+        key = (route, path, id(headers))
+        cached = self._heads.get(key)
+        if cached is None or cached[0] is not headers:  # the id of a dict that is gone may come back
+            if len(self._heads) >= _HEADS_KEPT:
+                self._heads.clear()
+            cached = self._heads[key] = (headers, self._request_head(route, path, headers))
+        return b"%s%d\r\n\r\n%s" % (cached[1], len(body), body)
+
+    def _request_head(self, route: _Route, path: str, headers: Mapping[str, str]) -> bytes:
+        """A request's head, up to the value of its Content-Length."""
         scheme, host, port = route.origin
         proxy = route.proxy
         target = path
@@ -3122,8 +3154,8 @@ class _Transport:
         lines = [f"POST {target} HTTP/1.1"]
         merged = _merge_headers(fixed, headers)
         lines.extend(f"{name}: {value}" for name, value in merged.items() if name.lower() not in _FRAMING_HEADERS)
-        lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        lines.append("Content-Length: ")
+        return "\r\n".join(lines).encode("latin-1")
 
     def close(self) -> None:
         self.pool.close()
@@ -3638,7 +3670,7 @@ class Together:
                 yield self._pause(retries_taken, None, exc._reason, call)
                 continue
             call.elapsed = time.monotonic() - started
-            _log_response(self.base_url + call.path[len(self._base_path) :], response, call.elapsed)
+            _log_response(call, response)
             if response.status < 300:
                 return response
             if retries_taken < call.max_retries and _should_retry(response.status, response.headers):
@@ -3689,10 +3721,11 @@ def _client_repr(client: Together | AsyncTogether) -> str:
     return f"{name}(base_url={client.base_url!r}, timeout={client.timeout}, max_retries={client.max_retries})"
 
 
-def _log_response(url: str, response: _Response, elapsed: float) -> None:
+def _log_response(call: _Call, response: _Response) -> None:
     logger = _get_logger(20)
     if logger is not None:
         request_id = _request_id(response.headers)
+        url, elapsed = call.request.url, call.elapsed
         logger.info("POST %s -> %d in %.3fs (request id %s)", url, response.status, elapsed, request_id)
 
 

@@ -211,11 +211,11 @@ _DRAIN_BYTES: Final = 1 << 16
 #: Hosts an API key may reach over plain http without a warning.
 _LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 #: What a header value may not contain.
-_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_CHARS: Final = r"[\x00-\x1f\x7f-\x9f]"  # patterns are compiled (and kept by re) when first used
 #: A Retry-After in seconds: digits, with a fraction tolerated.
-_DELAY_SECONDS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_DELAY_SECONDS: Final = r"[0-9]+(?:\.[0-9]+)?"
 #: A header name: an RFC 9110 token.
-_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_NAME: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 
 # -- Errors -------------------------------------------------------------------
 #
@@ -1411,7 +1411,7 @@ def _check_sendable(what: str, value: Any) -> None:
     """A header value must be a str HTTP can carry; the message names ``what``, never the value."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    if _CONTROL_CHARS.search(value):
+    if re.search(_CONTROL_CHARS, value):
         raise ValueError(f"{what} contains a control character (CR, LF or similar)")
     try:
         value.encode("latin-1")
@@ -1434,7 +1434,7 @@ def _check_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
         raise TypeError("headers must be a dict of str to str")
     checked: dict[str, str] = {}
     for name, value in headers.items():
-        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        if not isinstance(name, str) or not re.fullmatch(_HEADER_NAME, name):
             raise ValueError(f"invalid header name {name!r}")
         _check_sendable(f"header {name!r}", value)
         checked[name] = value
@@ -1450,7 +1450,7 @@ def _check_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
 # becomes U+FFFD, as the spec says.
 
 #: A line end of an event stream: CR, LF or CRLF, and nothing else.
-_LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
+_LINE_BREAK: Final = r"\r\n|\r|\n"
 
 
 class ServerSentEvent:
@@ -1510,7 +1510,7 @@ class _SSEDecoder:
             if text.startswith("\ufeff"):
                 text = text[1:]
         if "\r" in text:
-            lines = _LINE_BREAK.split(text)
+            lines = re.split(_LINE_BREAK, text)
             # A CR that ends this read may be the first half of a CRLF; one followed by
             # the start of another line in the same read was a line end of its own.
             self._skip_lf = end == len(chunk) and text.endswith("\r")
@@ -3236,7 +3236,7 @@ def _retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -
 
 def _finite_float(value: str | None) -> float | None:
     """A delay header's number of seconds: digits, with an optional fraction (no sign, exponent or inf)."""
-    if value is None or not _DELAY_SECONDS.fullmatch(value.strip()):
+    if value is None or not re.fullmatch(_DELAY_SECONDS, value.strip()):
         return None
     number = float(value)
     return number if number != float("inf") else None  # hundreds of digits: junk, not a wait
@@ -3885,7 +3885,7 @@ class APIResponse(_Generic[_T]):
         """The body's lines as they arrive, without their line ends (an SSE stream's ``data: ...`` lines)."""
         pending = ""
         for text in self.iter_text():
-            lines = _LINE_BREAK.split(pending + text)
+            lines = re.split(_LINE_BREAK, pending + text)
             pending = lines.pop()
             yield from lines
         if pending:

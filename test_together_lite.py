@@ -46,6 +46,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import types
 import urllib.parse
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -119,10 +120,10 @@ def error_reply(status: int, message: str, **headers: str) -> Reply:
     return Reply(status, {"error": {"message": message, "type": "invalid_request_error"}}, headers=headers)
 
 
-def parsed_reply(content: str | None, **message: Any) -> Reply:
+def parsed_reply(content: str | None, finish: str = "stop", **message: Any) -> Reply:
     body = json.loads(json.dumps(CHAT_RESPONSE))
     body["choices"][0]["message"].update(content=content, **message)
-    body["choices"][0]["finish_reason"] = message.pop("finish", "stop")
+    body["choices"][0]["finish_reason"] = finish
     return Reply(200, body)
 
 
@@ -4405,6 +4406,8 @@ def test_completion_stop_string_kwargs_and_extra_body(server: Server, client: tl
         ({"max_retries": 1.5}, TypeError, "max_retries"),
         ({"max_tokens": 10.5}, TypeError, "max_tokens"),
         ({"n": float("nan")}, TypeError, "n"),
+        ({"extra_body": ["x", 1]}, TypeError, "extra_body must be a dict, not list"),
+        ({"extra_query": "a=1"}, TypeError, "extra_query must be a dict of query parameters, not str"),
     ],
 )
 def test_bad_chat_argument_raises_naming_it_before_sending(
@@ -6397,7 +6400,7 @@ def test_a_stream_cut_off_by_the_server_is_a_connection_error_and_the_next_call_
 def test_a_kept_alive_connection_the_server_closed_while_idle_is_never_an_error(
     echo_server: Server, how: str, every: int
 ) -> None:
-    action, closed = answer_then_close(0.02, how=how, every=every)
+    action, closed = answer_then_close(0.005, how=how, every=every)
     echo_server.default = action
     with make_client(echo_server, max_retries=0) as client:
         for number in range(6):
@@ -7680,9 +7683,12 @@ def test_base_url_that_is_not_a_string_raises_type_error() -> None:
         ({"max_retries": "3"}, TypeError, "max_retries"),
         ({"max_retries": True}, TypeError, "max_retries"),
         ({"max_retries": -1}, ValueError, "max_retries"),
+        ({"timeout": types.SimpleNamespace(connect=None, read=0, write=None)}, ValueError, "timeout.read must be a"),
+        ({"timeout": types.SimpleNamespace(connect="5", read=1, write=None)}, TypeError, "timeout.connect must be a"),
+        ({"default_query": [("a", "1")]}, TypeError, "default_query must be a dict"),
     ],
 )
-def test_bad_timeout_or_max_retries_raises(options: dict[str, Any], error: type, name: str) -> None:
+def test_bad_timeout_max_retries_or_default_query_raises(options: dict[str, Any], error: type, name: str) -> None:
     with pytest.raises(error, match=name):
         tl.Together(api_key="k", **options)
 
@@ -7720,9 +7726,10 @@ def test_api_key_that_cannot_go_in_a_header_raises_value_error() -> None:
         ({"X-A\n": "a"}, ValueError),
         ({"X A": "a"}, ValueError),
         ({"X-A": 1}, TypeError),
+        ([("X-A", "a")], TypeError),
     ],
 )
-def test_bad_supplied_headers_raise_at_construction(headers: dict[str, Any], error: type) -> None:
+def test_bad_supplied_headers_raise_at_construction(headers: Any, error: type) -> None:
     with pytest.raises(error):
         tl.Together(api_key="k", supplied_headers=headers)
 
@@ -7876,6 +7883,51 @@ def test_with_streaming_response_reads_nothing_until_asked(server: Server) -> No
     assert response.is_closed
 
 
+def test_raw_response_parse_to_gives_the_body_as_asked(server: Server) -> None:
+    server.default = Reply(200, CHAT_RESPONSE)
+    create = make_client(server).chat.completions.with_raw_response.create
+    assert json.loads(create(model="m", messages=[]).parse(to=str)) == CHAT_RESPONSE
+    assert json.loads(create(model="m", messages=[]).parse(to=bytes).decode()) == CHAT_RESPONSE
+    assert create(model="m", messages=[]).parse(to=dict) == CHAT_RESPONSE
+    typed = create(model="m", messages=[]).parse(to=tl.ChatCompletionResponse)
+    assert isinstance(typed, tl.ChatCompletionResponse) and typed.choices[0].message.content == "Hello there."
+    with pytest.raises(TypeError, match="str, bytes, dict or a result type, not <class 'int'>"):
+        create(model="m", messages=[]).parse(to=int)
+
+
+BROKEN_UTF8_BODY = ["line one\ncaf\xc3".encode("latin-1"), "\xa9 au lait\r\nlast line \xe2\x82".encode("latin-1")]
+
+
+def test_with_streaming_response_iterates_bytes_text_and_lines(server: Server) -> None:
+    # "é" is split between two chunks, and the body ends inside a character (a U+FFFD at the end)
+    server.default = Reply(chunks=BROKEN_UTF8_BODY, headers={"Content-Type": "text/plain"})
+    create = make_client(server).chat.completions.with_streaming_response.create
+    with create(model="m", messages=[]) as response:
+        assert b"".join(response.iter_bytes()) == b"".join(BROKEN_UTF8_BODY)
+    with create(model="m", messages=[]) as response:
+        assert "".join(response.iter_text()) == "line one\ncafé au lait\r\nlast line \ufffd"
+    with create(model="m", messages=[]) as response:
+        assert list(response.iter_lines()) == ["line one", "café au lait", "last line \ufffd"]
+    with create(model="m", messages=[]) as response:
+        body = response.read()
+        assert list(response.iter_bytes()) == [body]  # what was read is given again
+
+
+def test_async_streaming_response_iterates_bytes_and_text(server: Server) -> None:
+    server.default = Reply(chunks=BROKEN_UTF8_BODY, headers={"Content-Type": "text/plain"})
+
+    async def main() -> tuple[bytes, str]:
+        async with make_async_client(server) as client:
+            create = client.chat.completions.with_streaming_response.create
+            async with create(model="m", messages=[]) as response:
+                raw = b"".join([piece async for piece in response.iter_bytes()])
+            async with create(model="m", messages=[]) as response:
+                text = "".join([piece async for piece in response.iter_text()])
+            return raw, text
+
+    assert run_async(main()) == (b"".join(BROKEN_UTF8_BODY), "line one\ncafé au lait\r\nlast line \ufffd")
+
+
 def test_with_streaming_response_parse_gives_the_result(server: Server) -> None:
     client = make_client(server)
     with client.chat.completions.with_streaming_response.create(model="m", messages=[]) as response:
@@ -7935,6 +7987,9 @@ def test_parse_sends_a_strict_json_schema_and_gives_the_parsed_object(server: Se
         (parsed_reply("not json at all"), tl.APIResponseValidationError, "does not fit"),
         (parsed_reply(None, refusal="I can't help with that."), tl.RefusalError, "refused: I can't help"),
         (parsed_reply('{"name": "A', finish="length"), tl.LengthFinishReasonError, "length limit"),
+        (parsed_reply("", finish="content_filter"), tl.ContentFilterFinishReasonError, "content filter"),
+        (parsed_reply("  "), tl.APIResponseValidationError, "no content to parse"),
+        (parsed_reply(None), tl.APIResponseValidationError, "no content to parse"),
     ],
 )
 def test_parse_raises_a_clear_error_when_the_answer_cannot_be_parsed(
@@ -7957,6 +8012,21 @@ def test_parse_takes_a_dict_response_format_and_async(server: Server) -> None:
 
     plain, typed = run_async(main())
     assert plain == {"name": "Ada"} and typed.name == "Grace"
+
+
+@pytest.mark.parametrize(
+    "arguments, words",
+    [
+        ({"response_format": ParsedPerson, "stream": True}, "does not stream"),
+        ({"response_format": "json_object"}, "pydantic model class or a dict"),
+    ],
+)
+def test_parse_with_arguments_it_cannot_use_is_a_type_error_and_nothing_is_sent(
+    server: Server, arguments: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(TypeError, match=words):
+        make_client(server).chat.completions.parse(model="m", messages=[], **arguments)
+    assert server.requests == []
 
 
 def test_a_model_class_given_to_create_points_at_parse(server: Server) -> None:
